@@ -1,0 +1,33 @@
+# Shared set-up of run_local.sh, run_tests.sh and .ci/run (sourced, not executed).
+# Creates the project virtualenv and installs the project into it, once per change of
+# setup.py; installs kinesalite (pinned, from the npm registry) into .cache/.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+export KINESALITE_HOME="${KINESALITE_HOME:-$ROOT/.cache/kinesalite}"
+
+bootstrap_python() {
+  # $1: pip extras, e.g. "" or "[dev]"
+  local extras="${1:-}"
+  if [ ! -x "$PY" ]; then
+    echo "==> creating virtualenv $VENV"
+    python3 -m venv "$VENV"
+  fi
+  local base
+  base="$VENV/.installed-$(sha256sum < "$ROOT/setup.py" | cut -c1-16)"
+  local stamp="$base${extras//[^a-z]/}"
+  # An install with the dev extras also satisfies a plain one.
+  if [ ! -f "$stamp" ] && [ ! -f "${base}dev" ]; then
+    echo "==> installing the project$extras into $VENV (first run takes a few minutes)"
+    "$PY" -m pip install -q --upgrade pip >/dev/null
+    "$PY" -m pip install -q -e "$ROOT$extras"
+    touch "$stamp"
+  fi
+}
+
+bootstrap_kinesalite() {
+  echo "==> installing kinesalite into $KINESALITE_HOME (if needed)"
+  "$PY" -m pipeline.local_kinesis install
+}

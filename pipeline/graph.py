@@ -1,0 +1,111 @@
+"""Construction of the job graph, callable from tests without the command line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.coders import coders
+from apache_beam.io.textio import WriteToText
+
+from pipeline.config import ActivationConfig
+from transforms.events import FormatSegmentEvents
+from transforms.kinesis import WriteToKinesisStream
+from transforms.read import ReadSnapshots
+from transforms.transitions import ComputeSegmentTransitions
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """The validated, non-Beam settings of one run (see ``pipeline.options``).
+
+    Attributes mirror the command-line flags of SPEC §8.
+    """
+
+    inputs: tuple[str, ...]
+    baseline: tuple[str, ...] = ()
+    snapshot_time_field: str | None = None
+    kinesis_stream: str | None = None
+    kinesis_region: str | None = None
+    kinesis_endpoint_url: str | None = None
+    kinesis_role_arn: str | None = None
+    kinesis_max_records_per_second: float | None = None
+    kinesis_aggregate: bool = False
+    kinesis_max_record_bytes: int = 1_048_576
+    output_path: str | None = None
+    dead_letter_path: str | None = None
+    allow_mass_exit: bool = False
+    streaming: bool = False
+    watch_interval: float | None = None
+    # Tests inject a client factory for the sink; never set from the command line.
+    kinesis_client_factory: Callable[[], Any] | None = field(default=None, compare=False)
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline, settings: JobSettings, config: ActivationConfig
+) -> dict[str, beam.PCollection]:
+    """Adds the whole job to a pipeline.
+
+    Args:
+        pipeline: The pipeline to add the steps to.
+        settings: The validated job settings.
+        config: The validated activation config.
+
+    Returns:
+        The main PCollections by name (``records``, ``transitions``, ``events``,
+        ``dead_letters``), for tests to assert on.
+    """
+    read = pipeline | "ReadSnapshots" >> ReadSnapshots(
+        settings.inputs, config, settings.baseline, settings.snapshot_time_field
+    )
+    transitions = read["records"] | "ComputeTransitions" >> ComputeSegmentTransitions(
+        config, streaming=settings.streaming, allow_mass_exit=settings.allow_mass_exit
+    )
+    events = transitions.transitions | "FormatEvents" >> FormatSegmentEvents(config)
+    dead_letters = [read["dead_letters"], transitions.dead_letters]
+    if settings.output_path:
+        _ = (
+            events
+            | "SelectEventBytes" >> beam.Map(lambda event: event[1])
+            | "WriteEventFiles"
+            >> WriteToText(settings.output_path, file_name_suffix=".jsonl", coder=coders.BytesCoder())
+        )
+    if settings.kinesis_stream:
+        dead_letters.append(
+            events
+            | "WriteToKinesis"
+            >> WriteToKinesisStream(
+                stream_name=settings.kinesis_stream,
+                region=settings.kinesis_region,
+                endpoint_url=settings.kinesis_endpoint_url,
+                role_arn=settings.kinesis_role_arn,
+                max_records_per_second=settings.kinesis_max_records_per_second,
+                aggregate=settings.kinesis_aggregate,
+                max_record_bytes=settings.kinesis_max_record_bytes,
+                dead_letter=settings.dead_letter_path is not None,
+                client_factory=settings.kinesis_client_factory,
+            )
+        )
+    all_dead_letters = dead_letters | "FlattenDeadLetters" >> beam.Flatten()
+    if settings.dead_letter_path:
+        _ = (
+            all_dead_letters
+            | "EncodeDeadLetters" >> beam.Map(_encode_dead_letter)
+            | "WriteDeadLetterFiles"
+            >> WriteToText(
+                settings.dead_letter_path, file_name_suffix=".jsonl", skip_if_empty=True
+            )
+        )
+    return {
+        "records": read["records"],
+        "transitions": transitions.transitions,
+        "events": events,
+        "dead_letters": all_dead_letters,
+    }
+
+
+def _encode_dead_letter(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False, sort_keys=True, default=str)

@@ -1,0 +1,240 @@
+"""Entry point: ``python -m pipeline`` (SPEC §8).
+
+``run(argv)`` validates every flag and the config before a pipeline exists, so that a
+mistake costs one clear line and a non-zero exit, never a traceback; then it builds the
+graph with :func:`pipeline.graph.build_pipeline` and runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline.config import ActivationConfig, ConfigError, load_config
+from pipeline.graph import JobSettings, build_pipeline
+from pipeline.options import SegmentEventsOptions
+from pipeline.runners import LOCAL_RUNNER_NAMES, OfflineDirectRunner
+from transforms.read import METRICS_NAMESPACE, InputError, match_snapshot_files
+from transforms.snapshot_time import SnapshotTimeError
+
+_LOG = logging.getLogger(__name__)
+# Beam has flags for S3 keys; secrets must come from the AWS default chain instead.
+_SECRET_FLAGS = ("s3_access_key_id", "s3_secret_access_key", "s3_session_token")
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+class UsageError(ValueError):
+    """A flag is missing or invalid; the message says what to fix."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "WARNING").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if "-h" in argv or "--help" in argv:
+        _help_parser().print_help()
+        return 0
+    try:
+        settings, config, options = parse_args(argv)
+    except (UsageError, ConfigError, InputError, SnapshotTimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        counters = run_job(settings, config, options)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as err:  # noqa: BLE001 - the one place that turns failures into a line
+        _LOG.debug("pipeline failed", exc_info=True)
+        print(f"error: the pipeline failed: {_one_line(err)}", file=sys.stderr)
+        return EXIT_FAILED
+    print_summary(counters)
+    return 0
+
+
+def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, PipelineOptions]:
+    """Validates the command line and the config file.
+
+    Args:
+        argv: The arguments, without the program name.
+
+    Returns:
+        The job settings, the config and the Beam options (all other flags).
+
+    Raises:
+        UsageError: A flag is missing, unknown or invalid.
+        ConfigError: The config is invalid.
+        InputError: An input pattern or file cannot be used.
+    """
+    unknown = _unknown_flags(argv)
+    if unknown:
+        raise UsageError(f"unknown flag {unknown[0]} (see --help)")
+    options = PipelineOptions(list(argv))
+    all_options = options.get_all_options(drop_default=True)
+    for secret in _SECRET_FLAGS:
+        if all_options.get(secret):
+            raise UsageError(
+                f"--{secret}: credentials are never flags; use the AWS default credential "
+                "chain (environment, profile, instance or task role, web identity)"
+            )
+    opts = options.view_as(SegmentEventsOptions)
+    streaming = options.view_as(StandardOptions).streaming
+    if not opts.config:
+        raise UsageError("--config is required: the destination config JSON (SPEC §3)")
+    if not opts.input:
+        raise UsageError("--input is required: a glob of snapshot files")
+    if not opts.kinesis_stream and not opts.output_path:
+        raise UsageError(
+            "no output: give --kinesis_stream (with --kinesis_region) and/or --output_path"
+        )
+    if opts.kinesis_stream and not opts.kinesis_region and not _default_region():
+        raise UsageError(
+            "--kinesis_region is required with --kinesis_stream (or set AWS_REGION)"
+        )
+    if opts.kinesis_max_records_per_second is not None and opts.kinesis_max_records_per_second <= 0:
+        raise UsageError("--kinesis_max_records_per_second must be a positive number")
+    if not 1 <= opts.kinesis_max_record_bytes <= 10 * 1024 * 1024:
+        raise UsageError("--kinesis_max_record_bytes must be between 1 and 10485760")
+    if opts.kinesis_aggregate and not opts.kinesis_stream:
+        raise UsageError("--kinesis_aggregate needs --kinesis_stream")
+    if opts.watch_interval is not None and not streaming:
+        raise UsageError("--watch_interval only applies with --streaming")
+    if opts.watch_interval is not None and opts.watch_interval <= 0:
+        raise UsageError("--watch_interval must be a positive number of seconds")
+    if streaming:
+        raise UsageError(
+            "--streaming (watching a landing folder for new snapshots) is not available "
+            "in this version; run daily batches with --baseline instead"
+        )
+    if opts.snapshot_time_field is not None and not opts.snapshot_time_field.strip():
+        raise UsageError("--snapshot_time_field must not be empty")
+    config = load_config(opts.config)
+    settings = JobSettings(
+        inputs=tuple(opts.input),
+        baseline=tuple(opts.baseline or ()),
+        snapshot_time_field=opts.snapshot_time_field,
+        kinesis_stream=opts.kinesis_stream,
+        kinesis_region=opts.kinesis_region,
+        kinesis_endpoint_url=opts.kinesis_endpoint_url,
+        kinesis_role_arn=opts.kinesis_role_arn,
+        kinesis_max_records_per_second=opts.kinesis_max_records_per_second,
+        kinesis_aggregate=opts.kinesis_aggregate,
+        kinesis_max_record_bytes=opts.kinesis_max_record_bytes,
+        output_path=opts.output_path,
+        dead_letter_path=opts.dead_letter_path,
+        allow_mass_exit=opts.allow_mass_exit,
+        streaming=streaming,
+        watch_interval=opts.watch_interval,
+    )
+    # Match now, so that a wrong pattern or an undated file fails before anything runs.
+    match_snapshot_files(settings.inputs, False, settings.snapshot_time_field)
+    match_snapshot_files(settings.baseline, True, settings.snapshot_time_field)
+    return settings, config, options
+
+
+def run_job(
+    settings: JobSettings, config: ActivationConfig, options: PipelineOptions
+) -> dict[str, int]:
+    """Builds and runs the pipeline; returns the job's counters by name."""
+    # Dead-letter and event files may hold PII: create every local file owner-only.
+    os.umask(0o077)
+    runner_name = options.view_as(StandardOptions).runner
+    runner = OfflineDirectRunner() if runner_name in LOCAL_RUNNER_NAMES else None
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    build_pipeline(pipeline, settings, config)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return job_counters(result)
+
+
+def job_counters(result) -> dict[str, int]:
+    """Sums the job's counters (namespace ``segment_events``) over all steps."""
+    totals: dict[str, int] = {}
+    try:
+        query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    except (NotImplementedError, AttributeError):
+        return totals
+    for counter in query["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + (value or 0)
+    return totals
+
+
+def print_summary(counters: dict[str, int]) -> None:
+    """Prints the run summary (all job counters) to standard output."""
+    print("Run summary:")
+    if not counters:
+        print("  (the runner reported no metrics)")
+    width = max((len(name) for name in counters), default=0)
+    for name in sorted(counters):
+        print(f"  {name.ljust(width)}  {counters[name]}")
+
+
+def _help_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Reads profile snapshots, computes segment entry/exit transitions and "
+        "writes them as JSON events to Amazon Kinesis and/or JSON Lines files.",
+        epilog="Any Beam option is accepted too (--runner, --flink_master, --project, ...). "
+        "AWS credentials come from boto3's default chain, never from flags.",
+    )
+    SegmentEventsOptions._add_argparse_args(parser)
+    parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="Beam streaming mode: watch --input for new snapshots. Default: off (batch).",
+    )
+    parser.add_argument(
+        "--runner",
+        help="Beam runner. Default: the local DirectRunner engines (no download).",
+    )
+    return parser
+
+
+def _unknown_flags(argv: Sequence[str]) -> list[str]:
+    """Flags that neither this job nor any Beam options class knows."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    seen = set()
+    stack = list(PipelineOptions.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        stack.extend(cls.__subclasses__())
+        try:
+            cls._add_argparse_args(parser)
+        except argparse.ArgumentError:
+            continue  # the same flag declared by two classes
+    _, unknown = parser.parse_known_args(list(argv))
+    return [arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")]
+
+
+def _default_region() -> str | None:
+    try:
+        import boto3
+
+        return boto3.session.Session().region_name
+    except Exception:  # noqa: BLE001 - no usable AWS config is simply "no region"
+        return None
+
+
+def _one_line(err: BaseException) -> str:
+    """The most specific line of a (possibly runner-wrapped) exception message."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    # Runners wrap worker exceptions in their traceback text; the last line holds the
+    # original exception.
+    return lines[-1]

@@ -1,0 +1,110 @@
+"""Command-line options of the job (SPEC §8) as a Beam ``PipelineOptions`` subclass.
+
+Credentials are deliberately not options: boto3's default chain provides them (SPEC §6).
+"""
+
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+
+class SegmentEventsOptions(PipelineOptions):
+    """Options of the segment-events job; any other Beam option passes through."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument(
+            "--config",
+            help="Path of the destination config JSON (SPEC §3). Required.",
+        )
+        parser.add_argument(
+            "--input",
+            action="append",
+            default=None,
+            help="Glob of snapshot files (.avro, .json/.jsonl[.gz], .parquet). Repeatable. "
+            "Required.",
+        )
+        parser.add_argument(
+            "--baseline",
+            action="append",
+            default=None,
+            help="Glob of a baseline snapshot: seeds the state and emits nothing. "
+            "Repeatable. Default: none.",
+        )
+        parser.add_argument(
+            "--snapshot_time_field",
+            default=None,
+            help="Record field holding the snapshot time; takes precedence over the "
+            "snapshot=<date> path segment and the file-name date. Default: none.",
+        )
+        parser.add_argument(
+            "--kinesis_stream",
+            default=None,
+            help="Kinesis stream to write events to. Default: none (no Kinesis output).",
+        )
+        parser.add_argument(
+            "--kinesis_region",
+            default=None,
+            help="AWS region of the stream. Required with --kinesis_stream unless the AWS "
+            "default chain gives one (AWS_REGION, profile).",
+        )
+        parser.add_argument(
+            "--kinesis_endpoint_url",
+            default=None,
+            help="Endpoint URL of a Kinesis-compatible server (e.g. a local kinesalite). "
+            "Default: the AWS endpoint of the region.",
+        )
+        parser.add_argument(
+            "--kinesis_role_arn",
+            default=None,
+            help="IAM role to assume with STS for writing. Default: none (the default "
+            "credential chain's identity).",
+        )
+        parser.add_argument(
+            "--kinesis_max_records_per_second",
+            type=float,
+            default=None,
+            help="Cap on records per second per writer process, for backfills that must "
+            "not starve live consumers. Default: no cap.",
+        )
+        parser.add_argument(
+            "--kinesis_aggregate",
+            action="store_true",
+            default=False,
+            help="Pack events into KPL aggregated records (consumers must deaggregate). "
+            "Default: off.",
+        )
+        parser.add_argument(
+            "--kinesis_max_record_bytes",
+            type=int,
+            default=1_048_576,
+            help="Largest record (data plus partition key) the stream accepts; raise to "
+            "10485760 for streams with the raised limit. Default: 1048576.",
+        )
+        parser.add_argument(
+            "--output_path",
+            default=None,
+            help="Prefix of JSON Lines files of the events (exactly the bytes sent to "
+            "Kinesis). Default: none.",
+        )
+        parser.add_argument(
+            "--dead_letter_path",
+            default=None,
+            help="Prefix of JSON Lines dead-letter files (raw input, file, reason); created "
+            "owner-readable only. Default: none (records that cannot be delivered fail the "
+            "job; malformed input records are counted and logged).",
+        )
+        parser.add_argument(
+            "--allow_mass_exit",
+            action="store_true",
+            default=False,
+            help="Send exits even when more than max_exit_fraction of the tracked profiles "
+            "disappear from a snapshot. Default: off (the run fails instead).",
+        )
+        parser.add_argument(
+            "--watch_interval",
+            type=float,
+            default=None,
+            help="Streaming: seconds between scans of --input for new snapshots. "
+            "Default: 60 with --streaming.",
+        )
