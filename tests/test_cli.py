@@ -1,0 +1,132 @@
+"""The command line: every flag of SPEC §8, and one clear line for every usage error."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.main import main
+
+SPEC_FLAGS = (
+    "--config",
+    "--input",
+    "--baseline",
+    "--snapshot_time_field",
+    "--kinesis_stream",
+    "--kinesis_region",
+    "--kinesis_endpoint_url",
+    "--kinesis_role_arn",
+    "--kinesis_max_records_per_second",
+    "--kinesis_aggregate",
+    "--output_path",
+    "--dead_letter_path",
+    "--allow_mass_exit",
+    "--streaming",
+    "--watch_interval",
+    "--runner",
+)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_help_shows_every_spec_flag_with_defaults():
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    for flag in SPEC_FLAGS:
+        assert flag in result.stdout, flag
+    assert result.stdout.count("Default") >= 10
+
+
+def test_usage_error_is_one_line_without_traceback(tmp_path):
+    result = run_cli("--config", str(tmp_path / "missing.json"), "--input", "x", "--output_path", "o")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: config file not found: {tmp_path / 'missing.json'}"]
+
+
+@pytest.fixture
+def snapshot(tmp_path):
+    folder = tmp_path / "snapshot=2024-01-31"
+    folder.mkdir()
+    (folder / "part.jsonl").write_text("{}\n")
+    config = tmp_path / "activation.json"
+    config.write_text(json.dumps({"segments": "*"}))
+    return str(folder / "part.jsonl"), str(config)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "no output: give --kinesis_stream"),
+        (["--output_path", "o", "--kinesis_strem", "s"], "unknown flag --kinesis_strem"),
+        (["--output_path", "o", "--kinesis_max_records_per_second", "0"], "must be a positive"),
+        (["--output_path", "o", "--kinesis_max_record_bytes", "20000000"], "between 1 and 10485760"),
+        (["--output_path", "o", "--kinesis_aggregate"], "--kinesis_aggregate needs --kinesis_stream"),
+        (["--output_path", "o", "--watch_interval", "5"], "only applies with --streaming"),
+        (["--output_path", "o", "--s3_secret_access_key", "x"], "credentials are never flags"),
+        (["--kinesis_stream", "s"], "--kinesis_region is required"),
+    ],
+)
+def test_flag_errors(snapshot, capsys, monkeypatch, extra, message):
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    path, config = snapshot
+    code = main(["--config", config, "--input", path, *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_required_flags(snapshot, capsys):
+    path, config = snapshot
+    assert main(["--input", path, "--output_path", "o"]) == 2
+    assert "--config is required" in capsys.readouterr().err
+    assert main(["--config", config, "--output_path", "o"]) == 2
+    assert "--input is required" in capsys.readouterr().err
+
+
+def test_input_errors_name_the_pattern_or_file(snapshot, tmp_path, capsys):
+    _, config = snapshot
+    assert main(["--config", config, "--input", str(tmp_path / "none*.avro"), "--output_path", "o"]) == 2
+    assert "no file matches" in capsys.readouterr().err
+    undated = tmp_path / "part-1.jsonl"
+    undated.write_text("{}\n")
+    assert main(["--config", config, "--input", str(undated), "--output_path", "o"]) == 2
+    assert f"{undated}: cannot resolve the snapshot time" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("[]", "must be a JSON object"),
+        ("{", "not valid JSON"),
+        ('{"segments": []}', '"segments" is empty'),
+        ('{"segments": "*", "colour": 1}', "unknown key 'colour'"),
+        ('{"segments": "*", "event_id": "yes"}', '"event_id": expected true or false'),
+    ],
+)
+def test_config_errors_fail_before_the_pipeline(snapshot, tmp_path, capsys, config, message):
+    path, _ = snapshot
+    bad = tmp_path / "bad.json"
+    bad.write_text(config)
+    assert main(["--config", str(bad), "--input", path, "--output_path", "o"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(bad) in err
