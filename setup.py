@@ -9,7 +9,9 @@ setuptools.setup(
     version="0.1.0",
     description="Apache Beam job: profile snapshots to segment entry/exit events on Kinesis",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
+    packages=setuptools.find_packages(
+        include=["pipeline", "pipeline.*", "transforms", "transforms.*"]
+    ),
     package_data={"": ["*.json"]},
     install_requires=[
         f"apache-beam=={BEAM_VERSION}",

@@ -411,9 +411,7 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _reject_unknown(mapping: dict, allowed: tuple[str, ...], prefix: str) -> None:
     unknown = sorted(set(mapping) - set(allowed))
     if unknown:
-        raise ConfigError(
-            f"unknown key {prefix}{unknown[0]!r}; allowed keys: {', '.join(allowed)}"
-        )
+        raise ConfigError(f"unknown key {prefix}{unknown[0]!r}; allowed keys: {', '.join(allowed)}")
 
 
 def _expect(ok: Any, key: str, expected: str, value: Any) -> None:

@@ -71,7 +71,9 @@ def build_pipeline(
             events
             | "SelectEventBytes" >> beam.Map(lambda event: event[1])
             | "WriteEventFiles"
-            >> WriteToText(settings.output_path, file_name_suffix=".jsonl", coder=coders.BytesCoder())
+            >> WriteToText(
+                settings.output_path, file_name_suffix=".jsonl", coder=coders.BytesCoder()
+            )
         )
     if settings.kinesis_stream:
         dead_letters.append(
@@ -95,9 +97,7 @@ def build_pipeline(
             all_dead_letters
             | "EncodeDeadLetters" >> beam.Map(_encode_dead_letter)
             | "WriteDeadLetterFiles"
-            >> WriteToText(
-                settings.dead_letter_path, file_name_suffix=".jsonl", skip_if_empty=True
-            )
+            >> WriteToText(settings.dead_letter_path, file_name_suffix=".jsonl", skip_if_empty=True)
         )
     return {
         "records": read["records"],

@@ -99,9 +99,7 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
             "no output: give --kinesis_stream (with --kinesis_region) and/or --output_path"
         )
     if opts.kinesis_stream and not opts.kinesis_region and not _default_region():
-        raise UsageError(
-            "--kinesis_region is required with --kinesis_stream (or set AWS_REGION)"
-        )
+        raise UsageError("--kinesis_region is required with --kinesis_stream (or set AWS_REGION)")
     if opts.kinesis_max_records_per_second is not None and opts.kinesis_max_records_per_second <= 0:
         raise UsageError("--kinesis_max_records_per_second must be a positive number")
     if not 1 <= opts.kinesis_max_record_bytes <= 10 * 1024 * 1024:

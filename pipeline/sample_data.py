@@ -118,12 +118,11 @@ _LAST_NAMES = ("Doe", "García", "Müller", "Nakamura", "Okafor", "Smith", "Ross
 def segment_ids(count: int, seed: int = 7) -> list[str]:
     """Stable UUID-like segment ids."""
     rng = random.Random(seed)
-    return [
-        "%08x-%04x-4%03x-a%03x-%012x"
-        % (rng.getrandbits(32), rng.getrandbits(16), rng.getrandbits(12), rng.getrandbits(12),
-           rng.getrandbits(48))
-        for _ in range(count)
-    ]
+    ids = []
+    for _ in range(count):
+        a, b, c, d, e = (rng.getrandbits(bits) for bits in (32, 16, 12, 12, 48))
+        ids.append(f"{a:08x}-{b:04x}-4{c:03x}-a{d:03x}-{e:012x}")
+    return ids
 
 
 def generate_snapshots(
@@ -219,11 +218,16 @@ def _record(
     }
     if phone:
         identities["phone"] = [
-            {"id": f"+1 (555) {index % 1000:03d}-{index % 10000:04d}", "primary": None,
-             "authenticatedState": None}
+            {
+                "id": f"+1 (555) {index % 1000:03d}-{index % 10000:04d}",
+                "primary": None,
+                "authenticatedState": None,
+            }
         ]
-    memberships = {s: {"status": "realized" if i % 3 else "existing", "lastQualificationTime": t}
-                   for i, (s, t) in enumerate(sorted(current.items()))}
+    memberships = {
+        s: {"status": "realized" if i % 3 else "existing", "lastQualificationTime": t}
+        for i, (s, t) in enumerate(sorted(current.items()))
+    }
     memberships.update(
         {s: {"status": "exited", "lastQualificationTime": t} for s, t in sorted(exited.items())}
     )
@@ -270,14 +274,22 @@ def write_snapshots(
     mapped = segment_ids(segments)[: mapped_segments or max(1, segments // 2)]
     config = {
         "segments": [
-            {"id": seg, "namespace": "ups", "name": f"Sample segment {i}",
-             "createdAt": 1648553325000 + i, "updatedAt": 1648553330000 + i,
-             "mappingCreatedAt": 1649856570000, "mappingUpdatedAt": 1649856570000}
+            {
+                "id": seg,
+                "namespace": "ups",
+                "name": f"Sample segment {i}",
+                "createdAt": 1648553325000 + i,
+                "updatedAt": 1648553330000 + i,
+                "mappingCreatedAt": 1649856570000,
+                "mappingUpdatedAt": 1649856570000,
+            }
             for i, seg in enumerate(mapped)
         ],
         "profile_key": "primary",
-        "identities": {"include": ["email_lc_sha256", "ecid", "phone_sha256"],
-                       "hash": {"email": "email_lc_sha256", "phone": "phone_sha256"}},
+        "identities": {
+            "include": ["email_lc_sha256", "ecid", "phone_sha256"],
+            "hash": {"email": "email_lc_sha256", "phone": "phone_sha256"},
+        },
         "attributes": ["person.name.firstName"],
         "triggers": {"segments": True, "attributes": False, "identities": False},
         "include_segment_names": True,
@@ -299,17 +311,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profiles", type=int, default=200, help="Profiles. Default: 200.")
     parser.add_argument("--snapshots", type=int, default=3, help="Daily snapshots. Default: 3.")
     parser.add_argument("--segments", type=int, default=20, help="Segments. Default: 20.")
-    parser.add_argument("--format", choices=("avro", "jsonl"), default="avro",
-                        help="File format. Default: avro.")
+    parser.add_argument(
+        "--format", choices=("avro", "jsonl"), default="avro", help="File format. Default: avro."
+    )
     parser.add_argument("--parts", type=int, default=2, help="Files per snapshot. Default: 2.")
     parser.add_argument("--seed", type=int, default=42, help="Random seed. Default: 42.")
     args = parser.parse_args(argv)
     if args.profiles < 1 or args.snapshots < 1 or args.segments < 1 or args.parts < 1:
-        print("error: --profiles, --snapshots, --segments and --parts must be >= 1",
-              file=sys.stderr)
+        print(
+            "error: --profiles, --snapshots, --segments and --parts must be >= 1", file=sys.stderr
+        )
         return 2
-    files = write_snapshots(args.out, args.profiles, args.snapshots, args.segments,
-                            args.format, args.parts, args.seed)
+    files = write_snapshots(
+        args.out, args.profiles, args.snapshots, args.segments, args.format, args.parts, args.seed
+    )
     print(f"wrote {len(files)} files and activation.json under {args.out}")
     return 0
 

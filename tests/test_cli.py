@@ -53,7 +53,9 @@ def test_help_shows_every_spec_flag_with_defaults():
 
 
 def test_usage_error_is_one_line_without_traceback(tmp_path):
-    result = run_cli("--config", str(tmp_path / "missing.json"), "--input", "x", "--output_path", "o")
+    result = run_cli(
+        "--config", str(tmp_path / "missing.json"), "--input", "x", "--output_path", "o"
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -76,8 +78,14 @@ def snapshot(tmp_path):
         ([], "no output: give --kinesis_stream"),
         (["--output_path", "o", "--kinesis_strem", "s"], "unknown flag --kinesis_strem"),
         (["--output_path", "o", "--kinesis_max_records_per_second", "0"], "must be a positive"),
-        (["--output_path", "o", "--kinesis_max_record_bytes", "20000000"], "between 1 and 10485760"),
-        (["--output_path", "o", "--kinesis_aggregate"], "--kinesis_aggregate needs --kinesis_stream"),
+        (
+            ["--output_path", "o", "--kinesis_max_record_bytes", "20000000"],
+            "between 1 and 10485760",
+        ),
+        (
+            ["--output_path", "o", "--kinesis_aggregate"],
+            "--kinesis_aggregate needs --kinesis_stream",
+        ),
         (["--output_path", "o", "--watch_interval", "5"], "only applies with --streaming"),
         (["--output_path", "o", "--s3_secret_access_key", "x"], "credentials are never flags"),
         (["--kinesis_stream", "s"], "--kinesis_region is required"),
@@ -105,7 +113,10 @@ def test_required_flags(snapshot, capsys):
 
 def test_input_errors_name_the_pattern_or_file(snapshot, tmp_path, capsys):
     _, config = snapshot
-    assert main(["--config", config, "--input", str(tmp_path / "none*.avro"), "--output_path", "o"]) == 2
+    assert (
+        main(["--config", config, "--input", str(tmp_path / "none*.avro"), "--output_path", "o"])
+        == 2
+    )
     assert "no file matches" in capsys.readouterr().err
     undated = tmp_path / "part-1.jsonl"
     undated.write_text("{}\n")

@@ -82,7 +82,9 @@ def write_jsonl(path, records, opener=open):
 @pytest.mark.parametrize("name", ["p.json", "p.jsonl", "p.jsonl.gz", "p.json.gz"])
 def test_reads_json_lines_plain_and_gzip(tmp_path, name):
     path = str(tmp_path / "snapshot=2024-01-31" / name)
-    write_jsonl(path, [profile("a@x.com"), profile("b@x.com")], gzip.open if name.endswith(".gz") else open)
+    write_jsonl(
+        path, [profile("a@x.com"), profile("b@x.com")], gzip.open if name.endswith(".gz") else open
+    )
     records, dead = read([path])
     assert dead == []
     assert sorted(key for key, _ in records) == ["email:a@x.com", "email:b@x.com"]
@@ -128,7 +130,10 @@ def test_reads_parquet_maps_as_json_shape(tmp_path):
             {
                 "identityMap": [("email", [{"id": "p@x.com", "primary": True}])],
                 "segmentMembership": [
-                    ("ups", [(SEG, {"status": "existing", "lastQualificationTime": "1583270679000"})])
+                    (
+                        "ups",
+                        [(SEG, {"status": "existing", "lastQualificationTime": "1583270679000"})],
+                    )
                 ],
             }
         ],
@@ -193,7 +198,9 @@ def test_snapshot_time_field_takes_precedence_and_bad_values_dead_letter(tmp_pat
     records, dead = read([path], field="exportedAt")
     times = {k: r["snapshot_ms"] for k, r in records}
     assert times == {"email:a@x.com": 1706760000000, "email:b@x.com": JAN31}
-    assert [d["reason"] for d in dead] == ["snapshot time field 'exportedAt': not a timestamp: 'soon'"]
+    assert [d["reason"] for d in dead] == [
+        "snapshot time field 'exportedAt': not a timestamp: 'soon'"
+    ]
 
 
 def test_field_without_value_in_undated_file_is_a_dead_letter(tmp_path):
@@ -273,7 +280,11 @@ def test_markers_are_skipped(tmp_path):
 @pytest.mark.parametrize(
     "rule, record, expected",
     [
-        ("primary", {"identityMap": {"ecid": [{"id": "1"}], "email": [{"id": "e", "primary": True}]}}, "email:e"),
+        (
+            "primary",
+            {"identityMap": {"ecid": [{"id": "1"}], "email": [{"id": "e", "primary": True}]}},
+            "email:e",
+        ),
         ("ecid", {"identityMap": {"ecid": [{"id": "1"}, {"id": "2"}]}}, "1"),
         ("field:crm.id", {"crm": {"id": "C-9"}}, "C-9"),
         ("field:crm.id", {"crm": {"id": 42}}, "42"),

@@ -152,8 +152,14 @@ class ReadSnapshots(beam.PTransform):
         files += match_snapshot_files(self._baseline, True, self._field)
         records, dead_letters = [], []
         for kind, is_baseline in (("Input", False), ("Baseline", True)):
-            for fmt, reader in (("Avro", _read_avro), ("Json", _read_json), ("Parquet", _read_parquet)):
-                paths = [f.path for f in files if f.baseline == is_baseline and f.format == fmt.lower()]
+            for fmt, reader in (
+                ("Avro", _read_avro),
+                ("Json", _read_json),
+                ("Parquet", _read_parquet),
+            ):
+                paths = [
+                    f.path for f in files if f.baseline == is_baseline and f.format == fmt.lower()
+                ]
                 if not paths:
                     continue
                 parsed = (
@@ -223,11 +229,15 @@ class _ParseRecordFn(beam.DoFn):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise RecordError(f"line is not valid UTF-8: {err.reason} at byte {err.start}") from None
+                raise RecordError(
+                    f"line is not valid UTF-8: {err.reason} at byte {err.start}"
+                ) from None
             try:
                 return json.loads(text)
             except json.JSONDecodeError as err:
-                raise RecordError(f"line is not valid JSON: {err.msg} at column {err.colno}") from None
+                raise RecordError(
+                    f"line is not valid JSON: {err.msg} at column {err.colno}"
+                ) from None
         if self._format == "parquet":
             return _maps_to_dicts(raw)
         return raw

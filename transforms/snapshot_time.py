@@ -54,8 +54,13 @@ def snapshot_time_from_path(path: str) -> int | None:
         year, _, month, day, hour, _, minute, second = match.groups()
         try:
             stamp = dt.datetime(
-                int(year), int(month), int(day), int(hour or 0), int(minute or 0),
-                int(second or 0), tzinfo=dt.timezone.utc,
+                int(year),
+                int(month),
+                int(day),
+                int(hour or 0),
+                int(minute or 0),
+                int(second or 0),
+                tzinfo=dt.timezone.utc,
             )
         except ValueError:
             continue

@@ -57,7 +57,12 @@ def parse_timestamp(value: object) -> int:
         year, month, day, hour, minute, second, fraction, offset = match.groups()
         try:
             stamp = dt.datetime(
-                int(year), int(month), int(day), int(hour), int(minute), int(second or 0),
+                int(year),
+                int(month),
+                int(day),
+                int(hour),
+                int(minute),
+                int(second or 0),
                 tzinfo=_UTC,
             )
         except ValueError:

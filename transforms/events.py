@@ -1,0 +1,308 @@
+"""The output event: its exact JSON bytes, its ``eventId`` and its partition key (SPEC §5).
+
+The bytes made here are the Kinesis record data *and* the ``--output_path`` lines, so
+they are fully determined by the transition and the config:
+
+* compact UTF-8 JSON (``separators=(",", ":")``, ``ensure_ascii=False``), keys sorted
+  at every level, no trailing newline;
+* mapped attributes at their dotted paths as nested objects, only configured paths,
+  absent when the profile has no value;
+* ``segmentMembership.<namespace>.<segment id>`` with ``status`` and
+  ``lastQualificationTime`` (``YYYY-MM-DDTHH:MM:SSZ``), plus ``name`` and the four
+  mapping timestamps (epoch ms) when configured and known;
+* ``identityMap`` after the include and hash rules (:mod:`transforms.identities`);
+* ``eventId``: see :func:`event_id_for`.
+
+``segmentMembership`` and ``identityMap`` are always present (possibly ``{}``), so
+consumers can rely on the shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import hashlib
+import json
+import logging
+import math
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from pipeline.config import ActivationConfig, SegmentMapping
+from transforms.identities import output_identities
+from transforms.profiles import STATUSES
+from transforms.timestamps import TimestampError, format_timestamp, parse_timestamp
+
+_LOG = logging.getLogger(__name__)
+
+METRICS_NAMESPACE = "segment_events"
+# Segment statuses an event carries (realized, existing, exited), in a fixed order.
+EVENT_STATUSES = tuple(sorted(STATUSES))
+
+
+class EventFormatError(ValueError):
+    """A transition cannot be formatted. Messages never hold profile keys or values."""
+
+
+def partition_key_for(profile_key: str) -> str:
+    """The Kinesis partition key of a profile: SHA-256 hex of the UTF-8 profile key.
+
+    It keeps PII out of stream metadata, spreads profiles evenly over shards and sends
+    every event of a profile to the same shard.
+
+    Args:
+        profile_key: The profile key (SPEC §2.4), e.g. ``"email:john@example.com"``.
+
+    Returns:
+        64 lower-case hex characters.
+    """
+    return hashlib.sha256(profile_key.encode("utf-8")).hexdigest()
+
+
+def event_id_for(profile_key: str, snapshot_ms: int, payload: bytes) -> str:
+    """The ``eventId``: SHA-256 hex of the canonical encoding of the event's identity.
+
+    The canonical encoding is the compact JSON array ``[profile_key, snapshot_ms,
+    payload]`` in UTF-8, where ``payload`` is the event's exact bytes *without*
+    ``eventId``. It only depends on the transition and the config, never on clocks,
+    randomness or dict order, so a rerun on any runner gives the same id, and it differs
+    between profiles and between snapshots of a profile.
+
+    Args:
+        profile_key: The profile key.
+        snapshot_ms: The snapshot time, epoch ms.
+        payload: The event bytes without ``eventId``.
+
+    Returns:
+        64 lower-case hex characters.
+    """
+    key = json.dumps(profile_key, ensure_ascii=False).encode("utf-8")
+    canonical = b"[" + key + b"," + str(int(snapshot_ms)).encode("ascii") + b"," + payload + b"]"
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def format_event(profile_key: str, transition: dict, config: ActivationConfig) -> bytes:
+    """The exact bytes of the event of one transition (see the module docstring).
+
+    Args:
+        profile_key: The profile key; it only enters the ``eventId``.
+        transition: ``{"snapshot_ms", "segments", "identities", "attributes"}`` as
+            produced by the transition step.
+        config: The activation config.
+
+    Returns:
+        Compact UTF-8 JSON bytes.
+
+    Raises:
+        EventFormatError: The transition is malformed.
+    """
+    return EventFormatter(config).format(profile_key, transition)
+
+
+class EventFormatter:
+    """Formats events for one config; build once, format many (lookups are prepared)."""
+
+    def __init__(self, config: ActivationConfig) -> None:
+        self._config = config
+        self._mappings: dict[tuple[str, str], SegmentMapping] = {
+            (m.namespace, m.id): m for m in config.segments or ()
+        }
+        # parse_config rejects these; a hand-built config must not merge values silently.
+        paths = {tuple(path.split(".")) for path in config.attributes}
+        for parts in paths:
+            if any(parts[:length] in paths for length in range(1, len(parts))):
+                raise EventFormatError(f"attribute paths conflict at {'.'.join(parts)!r}")
+
+    def format(self, profile_key: str, transition: dict) -> bytes:
+        """The event bytes of a transition; see :func:`format_event`."""
+        return self.format_with_statuses(profile_key, transition)[0]
+
+    def format_with_statuses(self, profile_key: str, transition: dict) -> tuple[bytes, list[str]]:
+        """The event bytes and the status of each segment entry in it (for metrics)."""
+        snapshot_ms = transition.get("snapshot_ms")
+        if isinstance(snapshot_ms, bool) or not isinstance(snapshot_ms, int) or snapshot_ms < 0:
+            raise EventFormatError("transition snapshot_ms is not epoch milliseconds")
+        segments, identities, attributes = (
+            _mapping(transition, part) for part in ("segments", "identities", "attributes")
+        )
+        memberships, statuses = self._memberships(segments, snapshot_ms)
+        payload = self._attributes(attributes)
+        payload["segmentMembership"] = memberships
+        try:
+            payload["identityMap"] = output_identities(identities, self._config)
+        except TypeError as err:
+            raise EventFormatError(str(err)) from None
+        data = _encode(payload)
+        if self._config.event_id:
+            payload["eventId"] = event_id_for(profile_key, snapshot_ms, data)
+            data = _encode(payload)
+        return data, statuses
+
+    def _memberships(self, segments: dict, snapshot_ms: int) -> tuple[dict, list[str]]:
+        config = self._config
+        memberships: dict[str, dict[str, dict[str, Any]]] = {}
+        statuses = []
+        for namespace, by_id in segments.items():
+            if not isinstance(by_id, dict):
+                raise EventFormatError(f"transition segments.{namespace} is not an object")
+            for seg_id, entry in by_id.items():
+                # Only mapped segments are ever sent (SPEC §3), even if state from an
+                # earlier config still holds others.
+                if not config.is_mapped(namespace, seg_id):
+                    continue
+                status, qualified = _status_and_time(namespace, seg_id, entry)
+                item: dict[str, Any] = {
+                    "status": status,
+                    "lastQualificationTime": format_timestamp(
+                        snapshot_ms if qualified is None else qualified
+                    ),
+                }
+                mapping = self._mappings.get((namespace, seg_id))
+                if mapping is not None:
+                    if config.include_segment_names and mapping.name is not None:
+                        item["name"] = mapping.name
+                    if config.include_segment_timestamps:
+                        item.update(mapping.timestamps)
+                memberships.setdefault(namespace, {})[seg_id] = item
+                statuses.append(status)
+        return memberships, statuses
+
+    def _attributes(self, attributes: dict) -> dict[str, Any]:
+        payload: dict[str, Any] = {}
+        # Iterate the config, not the record: only configured paths may leave the job.
+        for path in self._config.attributes:
+            value = attributes.get(path)
+            if value is None:
+                continue
+            parts = path.split(".")
+            node = payload
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = _json_value(value, path)
+        return payload
+
+
+class FormatSegmentEvents(beam.PTransform):
+    """Formats ``(profile key, transition)`` into ``(partition key, event bytes)``.
+
+    The bytes are what goes to Kinesis and to ``--output_path``. Counters (namespace
+    ``segment_events``): ``events_formatted`` and ``events_by_status_<status>`` per
+    segment entry.
+    """
+
+    def __init__(self, config: ActivationConfig) -> None:
+        super().__init__()
+        self._config = config
+
+    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
+        return pcoll | "FormatEvents" >> beam.ParDo(_FormatEventFn(self._config)).with_output_types(
+            tuple[str, bytes]
+        )
+
+
+class _FormatEventFn(beam.DoFn):
+    """Formats one transition; the profile key becomes the partition key hash."""
+
+    def __init__(self, config: ActivationConfig) -> None:
+        self._config = config
+        self._formatter: EventFormatter | None = None
+        self._formatted = Metrics.counter(METRICS_NAMESPACE, "events_formatted")
+        self._by_status = {
+            status: Metrics.counter(METRICS_NAMESPACE, f"events_by_status_{status}")
+            for status in EVENT_STATUSES
+        }
+
+    def setup(self) -> None:
+        # Built on the worker: the lookups need not travel with the pickled DoFn.
+        self._formatter = EventFormatter(self._config)
+
+    def process(self, element: tuple[str, dict]) -> Iterable[tuple[str, bytes]]:
+        profile_key, transition = element
+        try:
+            data, statuses = self._formatter.format_with_statuses(  # type: ignore[union-attr]
+                profile_key, transition
+            )
+        except EventFormatError as err:
+            # A malformed transition is a bug upstream: fail loudly, but never log the
+            # profile key or any value (they are PII).
+            _LOG.error("Cannot format a segment event: %s", err)
+            raise
+        self._formatted.inc()
+        for status in statuses:
+            self._by_status[status].inc()
+        yield partition_key_for(profile_key), data
+
+
+def _mapping(transition: dict, part: str) -> dict:
+    value = transition.get(part)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise EventFormatError(f"transition {part} is not an object")
+    return value
+
+
+def _status_and_time(namespace: str, seg_id: str, entry: Any) -> tuple[str, int | None]:
+    where = f"segment {namespace}/{seg_id}"
+    if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+        raise EventFormatError(f"{where}: expected [status, lastQualificationTime]")
+    status, qualified = entry
+    if status not in STATUSES:
+        raise EventFormatError(f"{where}: unknown status {status!r}")
+    if qualified is None or (isinstance(qualified, int) and not isinstance(qualified, bool)):
+        return status, qualified
+    try:
+        return status, parse_timestamp(qualified)
+    except TimestampError as err:
+        raise EventFormatError(f"{where}: lastQualificationTime {err}") from None
+
+
+def _json_value(value: Any, path: str) -> Any:
+    """A JSON-encodable copy of an attribute value.
+
+    Avro and Parquet readers hand out dates, decimals, UUIDs and bytes, and JSON input
+    may hold NaN; none of these is valid JSON as is.
+    """
+    if isinstance(value, (str, bool, int)) or value is None:
+        return value
+    if isinstance(value, float):
+        # JSON has no NaN or Infinity; null is the only faithful "no number".
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        converted = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise EventFormatError(f"attribute {path!r} has a non-string map key")
+            converted[key] = _json_value(item, path)
+        return converted
+    if isinstance(value, (list, tuple)):
+        return [_json_value(item, path) for item in value]
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)  # naive times are UTC (SPEC §2.3)
+        return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            return None
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    raise EventFormatError(f"attribute {path!r} has a value of type {type(value).__name__}")
+
+
+def _encode(payload: dict) -> bytes:
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Only a lone surrogate (e.g. "\ud800" in JSON input) cannot be UTF-8.
+        raise EventFormatError("the event holds a string that is not valid Unicode") from None
