@@ -98,7 +98,8 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
         raise UsageError(
             "no output: give --kinesis_stream (with --kinesis_region) and/or --output_path"
         )
-    if opts.kinesis_stream and not opts.kinesis_region and not _default_region():
+    region = opts.kinesis_region or (_default_region() if opts.kinesis_stream else None)
+    if opts.kinesis_stream and not region:
         raise UsageError("--kinesis_region is required with --kinesis_stream (or set AWS_REGION)")
     if opts.kinesis_max_records_per_second is not None and opts.kinesis_max_records_per_second <= 0:
         raise UsageError("--kinesis_max_records_per_second must be a positive number")
@@ -123,7 +124,7 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
         baseline=tuple(opts.baseline or ()),
         snapshot_time_field=opts.snapshot_time_field,
         kinesis_stream=opts.kinesis_stream,
-        kinesis_region=opts.kinesis_region,
+        kinesis_region=region,
         kinesis_endpoint_url=opts.kinesis_endpoint_url,
         kinesis_role_arn=opts.kinesis_role_arn,
         kinesis_max_records_per_second=opts.kinesis_max_records_per_second,
@@ -220,6 +221,10 @@ def _unknown_flags(argv: Sequence[str]) -> list[str]:
 
 
 def _default_region() -> str | None:
+    """The region of the AWS default chain (AWS_REGION, AWS_DEFAULT_REGION, profile)."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        if os.environ.get(name):
+            return os.environ[name]
     try:
         import boto3
 
