@@ -1,0 +1,627 @@
+"""The Kinesis PutRecords engine behind the sink's DoFn (Beam-independent).
+
+One :class:`KinesisWriter` per bundle. The calling thread owns all state: it buffers
+records, builds requests, and handles every response; worker threads of a shared
+``ThreadPoolExecutor`` only run ``put_records`` and hand the outcome back through a queue.
+So there is no locking around the buffer, and Beam metrics (thread-bound) are updated on the
+bundle's thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import queue
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from transforms import kinesis_errors
+from transforms.kinesis_aggregation import (
+    DEFAULT_AGGREGATION_MAX_BYTES,
+    DEFAULT_MAX_SHARD_BYTES_PER_REQUEST,
+    ShardMap,
+    aggregate_capacity,
+    build_aggregated_entries,
+    load_shard_map,
+)
+from transforms.kinesis_batching import (
+    DEFAULT_MAX_RECORD_BYTES,
+    MAX_PARTITION_KEY_CHARS,
+    MAX_RECORDS_PER_REQUEST,
+    MAX_REQUEST_BYTES,
+    KeyOrderedBuffer,
+    PendingRecord,
+    plain_entries,
+    record_size,
+)
+from transforms.kinesis_ratelimit import AimdController, TokenBucket, full_jitter_backoff
+
+logger = logging.getLogger(__name__)
+
+DEAD_LETTER_STAGE = "kinesis_sink"
+
+
+class KinesisSinkError(RuntimeError):
+    """A Kinesis failure that must fail the job (fatal error, or undeliverable record with
+    the dead letter disabled). The message is one line naming the stream and the error."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkSettings:
+    """Tuning of the Kinesis sink; defaults suit production.
+
+    Attributes:
+        max_record_bytes: per-record limit (data + partition key); larger records are
+            dead-lettered. 1 MiB, or up to 10 MiB for streams raised to it.
+        max_request_records: entries per PutRecords request (service limit 500).
+        max_request_bytes: bytes per request (service limit 5 MiB); a single record larger
+            than this (only possible with a raised record limit) is sent alone.
+        max_in_flight_requests: concurrent PutRecords requests.
+        max_buffered_records: unacknowledged records held before ``add`` blocks.
+        max_buffered_bytes: unacknowledged bytes held before ``add`` blocks.
+        max_attempts: sends of one record before it is given up.
+        max_retry_seconds: time since a record's first send after which it is given up.
+        backoff_base_seconds: backoff ceiling of the first retry (full jitter, doubling).
+        backoff_max_seconds: largest backoff ceiling.
+        max_records_per_second: hard cap on user records sent per second (None: none).
+        adaptive_rate_limit: slow down on throttling (AIMD) instead of retrying at full rate.
+        min_adaptive_rate: the AIMD floor, records per second.
+        aggregate: pack records with the KPL aggregated format (shard-aware).
+        aggregation_max_bytes: capacity of one aggregated record.
+        shard_map_ttl_seconds: how long the ListShards map is trusted when aggregating.
+        dead_letter: give up records to the dead letter; False raises instead.
+    """
+
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    max_request_records: int = MAX_RECORDS_PER_REQUEST
+    max_request_bytes: int = MAX_REQUEST_BYTES
+    max_in_flight_requests: int = 8
+    max_buffered_records: int = 100_000
+    max_buffered_bytes: int = 64 * 1024 * 1024
+    max_attempts: int = 10
+    max_retry_seconds: float = 300.0
+    backoff_base_seconds: float = 0.1
+    backoff_max_seconds: float = 10.0
+    max_records_per_second: float | None = None
+    adaptive_rate_limit: bool = True
+    min_adaptive_rate: float = 10.0
+    aggregate: bool = False
+    aggregation_max_bytes: int = DEFAULT_AGGREGATION_MAX_BYTES
+    shard_map_ttl_seconds: float = 60.0
+    dead_letter: bool = True
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first invalid setting."""
+        checks = [
+            ("max_record_bytes", 1 <= self.max_record_bytes <= 10 * 1024 * 1024),
+            ("max_request_records", 1 <= self.max_request_records <= MAX_RECORDS_PER_REQUEST),
+            ("max_request_bytes", self.max_request_bytes >= 1),
+            ("max_in_flight_requests", self.max_in_flight_requests >= 1),
+            ("max_buffered_records", self.max_buffered_records >= 1),
+            ("max_buffered_bytes", self.max_buffered_bytes >= 1),
+            ("max_attempts", self.max_attempts >= 1),
+            ("max_retry_seconds", self.max_retry_seconds > 0),
+            ("backoff_base_seconds", self.backoff_base_seconds >= 0),
+            ("backoff_max_seconds", self.backoff_max_seconds >= self.backoff_base_seconds),
+            (
+                "max_records_per_second",
+                self.max_records_per_second is None or self.max_records_per_second > 0,
+            ),
+            ("min_adaptive_rate", self.min_adaptive_rate > 0),
+            ("aggregation_max_bytes", self.aggregation_max_bytes >= 64),
+            ("shard_map_ttl_seconds", self.shard_map_ttl_seconds > 0),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ValueError(f"invalid Kinesis sink setting {name}={getattr(self, name)!r}")
+
+
+class SinkMetrics:
+    """Receives the sink's counters and distributions; the default discards them."""
+
+    def inc(self, name: str, n: int = 1) -> None:
+        """Adds ``n`` to counter ``name``."""
+
+    def observe(self, name: str, value: int) -> None:
+        """Adds ``value`` to distribution ``name``."""
+
+
+@dataclasses.dataclass
+class DeadLetter:
+    """A record given up, with the element timestamp it came with."""
+
+    value: dict[str, Any]
+    timestamp: Any
+
+
+def dead_letter_value(partition_key: str, data: bytes, reason: str, error: str) -> dict[str, Any]:
+    """The dead-letter dict of the sink (shape shared with the pipeline's other stages)."""
+    return {
+        "stage": DEAD_LETTER_STAGE,
+        "reason": reason,
+        "error": error,
+        "file": None,
+        "raw": data.decode("utf-8", "replace"),
+        "partition_key": partition_key,
+    }
+
+
+class WriterState:
+    """What outlives one writer (bundle): rate limiters and the shard map.
+
+    A throttled stream stays throttled across bundles, and the shard map is not reloaded
+    for every (small, streaming) bundle.
+    """
+
+    def __init__(
+        self, settings: SinkSettings, now: float | None = None, shard_map: ShardMap | None = None
+    ):
+        now = time.monotonic() if now is None else now
+        self.hard_limit = TokenBucket(settings.max_records_per_second, now=now)
+        self.aimd = AimdController(min_rate=settings.min_adaptive_rate)
+        self.adaptive_limit = TokenBucket(None, now=now)
+        self.shard_map = shard_map
+        self.shard_map_loaded = now if shard_map is not None else float("-inf")
+        self.throttle_logged = float("-inf")
+
+
+@dataclasses.dataclass
+class _Request:
+    entries: list[tuple[dict[str, Any], list[PendingRecord], int]]
+    user_records: int
+    sent_at: float
+
+
+class KinesisWriter:
+    """Buffers, batches, sends and retries records for one stream; see the module doc.
+
+    Not thread-safe: call ``add``/``flush`` from one thread.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        stream_name: str,
+        settings: SinkSettings,
+        executor: Executor,
+        metrics: SinkMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        state: WriterState | None = None,
+    ):
+        settings.validate()
+        self._client = client
+        self._stream = stream_name
+        self._s = settings
+        self._executor = executor
+        self._metrics = metrics or SinkMetrics()
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._buffer = KeyOrderedBuffer()
+        self._results: queue.SimpleQueue = queue.SimpleQueue()
+        self._in_flight: dict[int, _Request] = {}
+        self._ids = itertools.count()
+        self._dead: list[DeadLetter] = []
+        self._failed: KinesisSinkError | None = None
+        self._state = state or WriterState(settings, now=clock())
+        self._hard_limit = self._state.hard_limit
+        self._aimd = self._state.aimd
+        self._adaptive_limit = self._state.adaptive_limit
+        self._limiter_ready_at: float | None = None
+        self._agg_bytes = aggregate_capacity(
+            settings.max_record_bytes, settings.aggregation_max_bytes
+        )
+        # With aggregation a request holds many user records: fill it by bytes, keeping
+        # headroom for the aggregation framing (key table, varints, digest); narrowed to the
+        # per-shard cap once the shard map is known.
+        self._batch_bytes = (
+            int(settings.max_request_bytes * 0.9)
+            if settings.aggregate
+            else settings.max_request_bytes
+        )
+        if settings.aggregate and self._state.shard_map is not None:
+            self._set_aggregate_batch_bytes(self._state.shard_map)
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def buffered_records(self) -> int:
+        """Records not yet acknowledged or dead-lettered."""
+        return len(self._buffer)
+
+    @property
+    def adaptive_rate(self) -> float | None:
+        """The current AIMD rate limit (None: unlimited)."""
+        return self._aimd.rate(self._clock())
+
+    def add(self, partition_key: str, data: bytes, timestamp: Any = None) -> list[DeadLetter]:
+        """Buffers one record; may send, and blocks while the buffer is at its limit.
+
+        Returns:
+            Dead letters produced meanwhile (the record itself if it is too large).
+
+        Raises:
+            KinesisSinkError: a fatal error, or an undeliverable record without dead letter.
+            TypeError: the element is not ``(str, bytes)``.
+        """
+        self._check_failed()
+        if not isinstance(partition_key, str) or not isinstance(data, (bytes, bytearray)):
+            raise TypeError(
+                "WriteToKinesisStream expects (partition_key: str, data: bytes) elements, got "
+                f"({type(partition_key).__name__}, {type(data).__name__})"
+            )
+        data = bytes(data)
+        size = record_size(partition_key, data)
+        if not 1 <= len(partition_key) <= MAX_PARTITION_KEY_CHARS:
+            self._give_up(
+                partition_key,
+                data,
+                timestamp,
+                "invalid_partition_key",
+                f"partition key must have 1 to {MAX_PARTITION_KEY_CHARS} characters",
+            )
+        elif size > self._s.max_record_bytes:
+            self._give_up(
+                partition_key,
+                data,
+                timestamp,
+                "record_too_large",
+                f"record is {size} bytes (data + partition key), limit {self._s.max_record_bytes}",
+            )
+        else:
+            buffer = self._buffer
+            buffer.add(PendingRecord(partition_key, data, size, timestamp))
+            # Fast path (most records): no response to handle, no full batch, room left.
+            if (
+                self._results.empty()
+                and not self._full_batch_ready()
+                and not self._over_limit()
+                and not buffer.delayed_count
+            ):
+                return []
+            self._pump(flush=False)
+        return self._take_dead()
+
+    def flush(self) -> list[DeadLetter]:
+        """Sends everything buffered; returns once every record is acknowledged or given up.
+
+        Returns:
+            The dead letters not returned yet.
+        """
+        self._check_failed()
+        self._pump(flush=True)
+        return self._take_dead()
+
+    # ------------------------------------------------------------------ main loop
+
+    def _over_limit(self) -> bool:
+        b = self._buffer
+        return (
+            b.buffered_records >= self._s.max_buffered_records
+            or b.buffered_bytes >= self._s.max_buffered_bytes
+        )
+
+    def _pump(self, flush: bool) -> None:
+        """Collects responses and sends; in flush mode (or over the buffer limit) waits."""
+        while True:
+            self._collect(timeout=0.0)
+            over = self._over_limit()
+            self._dispatch(partial=flush or over)
+            if flush:
+                if not len(self._buffer) and not self._in_flight:
+                    return
+            elif not self._over_limit():
+                return
+            self._collect(timeout=self._wait_timeout())
+
+    def _wait_timeout(self) -> float | None:
+        """How long to wait for a response before a timer (backoff, rate limit) is due."""
+        timers = [t for t in (self._buffer.next_due(), self._limiter_ready_at) if t is not None]
+        if not timers:
+            if not self._in_flight:
+                # Nothing in flight and no timer, yet records remain: cannot happen unless the
+                # bookkeeping is wrong; fail rather than hang.
+                raise RuntimeError("Kinesis sink stalled with buffered records")
+            return None
+        return max(0.0, min(timers) - self._clock())
+
+    def _full_batch_ready(self) -> bool:
+        b = self._buffer
+        if b.ready_bytes >= self._batch_bytes:
+            return True
+        return not self._s.aggregate and b.ready_count >= self._s.max_request_records
+
+    def _worth_sending_partial(self) -> bool:
+        """Whether a partial batch should go now rather than wait for responses.
+
+        With nothing in flight it must go (nothing else will release records). Otherwise a
+        small batch waits: the responses in flight release more records (the next of each
+        key, retries), and many tiny requests would cost more than the wait.
+        """
+        if not self._in_flight:
+            return True
+        share = self._s.max_request_records // self._s.max_in_flight_requests
+        b = self._buffer
+        return (
+            b.ready_count >= share
+            or b.ready_bytes * self._s.max_in_flight_requests >= self._batch_bytes
+        )
+
+    def _dispatch(self, partial: bool) -> None:
+        now = self._clock()
+        self._buffer.release_due(now)
+        self._limiter_ready_at = None
+        while len(self._in_flight) < self._s.max_in_flight_requests and self._buffer.ready_count:
+            if not self._full_batch_ready() and not (partial and self._worth_sending_partial()):
+                return
+            self._adaptive_limit.set_rate(self._aimd.rate(now), now)
+            default_batch = (
+                self._buffer.ready_count if self._s.aggregate else self._s.max_request_records
+            )
+            limit = min(
+                self._hard_limit.max_batch(default_batch),
+                self._adaptive_limit.max_batch(default_batch),
+            )
+            planned = min(limit, self._buffer.ready_count)
+            wait = max(
+                self._hard_limit.wait_time(planned, now),
+                self._adaptive_limit.wait_time(planned, now),
+            )
+            if wait > 0:
+                self._limiter_ready_at = now + wait
+                return
+            if self._s.aggregate:
+                shard_map = self._get_shard_map(now)
+                records = self._buffer.take(limit, self._batch_bytes)
+                entries, leftovers = build_aggregated_entries(
+                    records,
+                    shard_map,
+                    aggregate_bytes=self._agg_bytes,
+                    max_entries=self._s.max_request_records,
+                    max_request_bytes=self._s.max_request_bytes,
+                    max_shard_bytes=DEFAULT_MAX_SHARD_BYTES_PER_REQUEST,
+                )
+                if leftovers:
+                    self._buffer.give_back(leftovers)
+                user_records = len(records) - len(leftovers)
+            else:
+                records = self._buffer.take(limit, self._batch_bytes)
+                entries, user_records = plain_entries(records), len(records)
+            self._send(entries, user_records, now)
+
+    def _send(self, entries: list, user_records: int, now: float) -> None:
+        for _, members, _ in entries:
+            for r in members:
+                r.attempts += 1
+                if r.first_sent is None:
+                    r.first_sent = now
+        self._hard_limit.consume(user_records, now)
+        self._adaptive_limit.consume(user_records, now)
+        self._aimd.on_sent(user_records, now)
+        request_id = next(self._ids)
+        self._in_flight[request_id] = _Request(entries, user_records, now)
+        self._metrics.inc("kinesis_requests")
+        self._metrics.observe("kinesis_batch_records", len(entries))
+        self._executor.submit(self._call, request_id, [e[0] for e in entries])
+
+    def _call(self, request_id: int, records: list[dict[str, Any]]) -> None:
+        """Runs on a worker thread: one PutRecords call, outcome handed to the queue."""
+        started = time.perf_counter()
+        try:
+            response = self._client.put_records(StreamName=self._stream, Records=records)
+            outcome: tuple = (request_id, response, None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the owning thread as is
+            outcome = (request_id, None, exc)
+        self._results.put((*outcome, (time.perf_counter() - started) * 1000.0))
+
+    def _collect(self, timeout: float | None) -> None:
+        """Handles available responses; with a timeout (None: forever) waits for the first.
+
+        With nothing in flight this is a plain wait for the next timer (backoff, rate limit).
+        """
+        results = self._results
+        if timeout == 0.0:
+            if results.empty():  # the common case on the per-record path: no exception cost
+                return
+            item = results.get_nowait()
+        else:
+            try:
+                item = results.get(timeout=timeout)
+            except queue.Empty:
+                return
+        self._handle(*item)
+        while not results.empty():
+            self._handle(*results.get_nowait())
+
+    # ------------------------------------------------------------------ responses
+
+    def _handle(
+        self, request_id: int, response: Any, exc: BaseException | None, latency_ms: float
+    ) -> None:
+        request = self._in_flight.pop(request_id, None)
+        if request is None:  # defensive: every id in the queue was registered in flight
+            return
+        self._metrics.observe("kinesis_request_latency_ms", int(latency_ms))
+        now = self._clock()
+        if exc is not None:
+            failure = kinesis_errors.classify_exception(exc)
+            self._handle_request_failure(request, failure, now)
+            return
+        results = response.get("Records") or []
+        if len(results) != len(request.entries):
+            failure = kinesis_errors.Failure(
+                kinesis_errors.RETRYABLE,
+                "MalformedResponse",
+                f"{len(results)} result entries for {len(request.entries)} records",
+            )
+            self._handle_request_failure(request, failure, now)
+            return
+        failed: list[PendingRecord] = []
+        last_failure: kinesis_errors.Failure | None = None
+        throttled = sent = sent_bytes = user_sent = 0
+        for (_, members, size), result in zip(request.entries, results, strict=True):
+            code = result.get("ErrorCode")
+            if code:
+                last_failure = kinesis_errors.classify_entry_error(code, result.get("ErrorMessage"))
+                if last_failure.kind == kinesis_errors.FATAL:
+                    self._fail(last_failure)
+                failed.extend(members)
+                if last_failure.kind == kinesis_errors.THROTTLED:
+                    throttled += len(members)
+                continue
+            sent += 1
+            sent_bytes += size
+            user_sent += len(members)
+            for r in members:
+                self._buffer.complete(r)
+            if self._s.aggregate and len(members) > 1:
+                self._check_shard(members[0].partition_key, result.get("ShardId"))
+        self._metrics.inc("kinesis_records_sent", sent)
+        self._metrics.inc("kinesis_bytes_sent", sent_bytes)
+        if self._s.aggregate:
+            self._metrics.inc("kinesis_user_records_sent", user_sent)
+        if throttled:
+            self._metrics.inc("kinesis_throttled_records", throttled)
+            self._on_throttled(request, now, throttled / max(1, request.user_records))
+        if failed:
+            assert last_failure is not None
+            self._retry_or_give_up(failed, last_failure, now)
+
+    def _handle_request_failure(
+        self, request: _Request, failure: kinesis_errors.Failure, now: float
+    ) -> None:
+        if failure.kind == kinesis_errors.FATAL:
+            self._fail(failure)
+        members = [r for _, ms, _ in request.entries for r in ms]
+        if failure.kind == kinesis_errors.THROTTLED:
+            self._metrics.inc("kinesis_throttled_records", len(members))
+            self._on_throttled(request, now, 1.0)
+        self._retry_or_give_up(members, failure, now)
+
+    def _on_throttled(self, request: _Request, now: float, fraction: float) -> None:
+        if not self._s.adaptive_rate_limit:
+            return
+        if self._aimd.on_throttled(request.sent_at, now, fraction):
+            # Sustained throttling cuts the rate about once per round trip: log the first
+            # cut loudly, the rest at debug level, so logs stay readable in a backfill.
+            level = logging.DEBUG if now - self._state.throttle_logged < 60 else logging.WARNING
+            if level == logging.WARNING:
+                self._state.throttle_logged = now
+            logger.log(
+                level,
+                "Kinesis stream %s is throttling; client rate limited to %.0f rec/s",
+                self._stream,
+                self._aimd.rate(now) or 0.0,
+            )
+
+    def _retry_or_give_up(
+        self, records: list[PendingRecord], failure: kinesis_errors.Failure, now: float
+    ) -> None:
+        # One backoff for the whole group: its records come back together as one batch
+        # instead of trickling back as many small requests.
+        attempt = max(r.attempts for r in records)
+        not_before = now + full_jitter_backoff(
+            attempt, self._s.backoff_base_seconds, self._s.backoff_max_seconds, self._rng
+        )
+        retried = 0
+        for r in records:
+            first_sent = r.first_sent if r.first_sent is not None else now
+            if r.attempts >= self._s.max_attempts or now - first_sent >= self._s.max_retry_seconds:
+                self._buffer.complete(r)
+                self._give_up(
+                    r.partition_key,
+                    r.data,
+                    r.timestamp,
+                    "retries_exhausted",
+                    f"{failure.describe()} (after {r.attempts} attempts)",
+                )
+            else:
+                self._buffer.retry_later(r, not_before)
+                retried += 1
+        if retried:
+            self._metrics.inc("kinesis_retries", retried)
+            logger.debug(
+                "Retrying %d records on stream %s after %s", retried, self._stream, failure.code
+            )
+
+    # ------------------------------------------------------------------ failures
+
+    def _give_up(
+        self, partition_key: str, data: bytes, timestamp: Any, reason: str, error: str
+    ) -> None:
+        self._metrics.inc("kinesis_dead_lettered")
+        if not self._s.dead_letter:
+            self._failed = KinesisSinkError(
+                f"Kinesis stream '{self._stream}': a record could not be delivered "
+                f"({reason}: {error}) and the dead letter is disabled"
+            )
+            raise self._failed
+        self._dead.append(
+            DeadLetter(dead_letter_value(partition_key, data, reason, error), timestamp)
+        )
+
+    def _take_dead(self) -> list[DeadLetter]:
+        dead, self._dead = self._dead, []
+        return dead
+
+    def _fail(self, failure: kinesis_errors.Failure) -> None:
+        hint = ""
+        if failure.code == "ResourceNotFoundException":
+            hint = " (does the stream exist in this region/account?)"
+        self._failed = KinesisSinkError(
+            f"Kinesis stream '{self._stream}': {failure.code}{hint}: {failure.message}"
+        )
+        logger.error("%s", self._failed)
+        raise self._failed
+
+    def _check_failed(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+
+    # ------------------------------------------------------------------ shard map
+
+    def _set_aggregate_batch_bytes(self, shard_map: ShardMap) -> None:
+        # A request carries at most DEFAULT_MAX_SHARD_BYTES_PER_REQUEST per shard: fill and
+        # take about that much, not more (leftovers would be re-aggregated: wasted CPU).
+        self._batch_bytes = min(
+            int(self._s.max_request_bytes * 0.9),
+            int(0.9 * DEFAULT_MAX_SHARD_BYTES_PER_REQUEST * max(1, len(shard_map))),
+        )
+
+    def _get_shard_map(self, now: float) -> ShardMap:
+        st = self._state
+        if st.shard_map is None or now - st.shard_map_loaded > self._s.shard_map_ttl_seconds:
+            try:
+                st.shard_map = load_shard_map(self._client, self._stream)
+            except Exception as exc:  # noqa: BLE001 - classified below
+                failure = kinesis_errors.classify_exception(exc)
+                if failure.kind == kinesis_errors.FATAL or st.shard_map is None:
+                    self._fail(
+                        kinesis_errors.Failure(
+                            kinesis_errors.FATAL,
+                            failure.code,
+                            f"ListShards (needed for aggregation) failed: {failure.message}",
+                        )
+                    )
+                # A transient error with a map at hand: keep using it, retry later.
+                logger.warning(
+                    "ListShards on %s failed (%s); keeping the shard map",
+                    self._stream,
+                    failure.code,
+                )
+            st.shard_map_loaded = now
+        assert st.shard_map is not None
+        self._set_aggregate_batch_bytes(st.shard_map)
+        return st.shard_map
+
+    def _check_shard(self, partition_key: str, shard_id: str | None) -> None:
+        shard_map = self._state.shard_map
+        expected = shard_map.shard_for_key(partition_key) if shard_map else None
+        if shard_id and expected and shard_id != expected:
+            # The stream was resharded: reload the map before aggregating further.
+            logger.warning("Stream %s was resharded; reloading its shard map", self._stream)
+            self._state.shard_map_loaded = float("-inf")
