@@ -38,10 +38,9 @@ class UsageError(ValueError):
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "WARNING").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = os.environ.get("LOG_LEVEL", "WARNING").upper()
+    logging.getLogger().setLevel(level if level in logging.getLevelNamesMapping() else "WARNING")
     if "-h" in argv or "--help" in argv:
         _help_parser().print_help()
         return 0
@@ -170,14 +169,35 @@ def job_counters(result) -> dict[str, int]:
     return totals
 
 
+# The headline of the run summary: always shown, zero when a counter never moved.
+_HEADLINE = (
+    ("records read", "records_read"),
+    ("profiles", "profiles_processed"),
+    ("events", "events_formatted"),
+    ("segment entries (realized)", "events_by_status_realized"),
+    ("segment exits (exited)", "events_by_status_exited"),
+    ("current memberships (existing)", "events_by_status_existing"),
+    ("dead letters (input)", "records_dead_lettered"),
+    ("dead letters (sink)", "kinesis_dead_lettered"),
+    ("records sent to Kinesis", "kinesis_records_sent"),
+    ("PutRecords requests", "kinesis_requests"),
+    ("retries", "kinesis_retries"),
+    ("throttled records", "kinesis_throttled_records"),
+)
+
+
 def print_summary(counters: dict[str, int]) -> None:
-    """Prints the run summary (all job counters) to standard output."""
+    """Prints the run summary (Beam counters of the job) to standard output."""
     print("Run summary:")
     if not counters:
         print("  (the runner reported no metrics)")
-    width = max((len(name) for name in counters), default=0)
-    for name in sorted(counters):
-        print(f"  {name.ljust(width)}  {counters[name]}")
+        return
+    shown = {metric for _, metric in _HEADLINE}
+    rows = [(label, counters.get(metric, 0)) for label, metric in _HEADLINE]
+    rows += [(name, counters[name]) for name in sorted(counters) if name not in shown]
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"  {label.ljust(width)}  {value}")
 
 
 def _help_parser() -> argparse.ArgumentParser:
