@@ -399,8 +399,9 @@ class _BatchTransitionsFn(_TransitionsFnBase):
         T3: record      -> re-entry: its memberships are entries again
 
     No user state: the GroupByKey hands over each key exactly once with all its
-    snapshots, so there is nothing to carry between elements, and on the FnApiRunner
-    every state access costs ~0.5 ms in the SDK state cache's size estimate.
+    snapshots, so there is nothing to carry between elements; and on the FnApiRunner a
+    state read costs ~2 ms per key (measured: 20k keys after a GroupByKey, 1.2 s with no
+    state, 22 s with one bag read), which would dominate any backfill.
     """
 
     def __init__(self, config: ActivationConfig) -> None:
@@ -411,6 +412,7 @@ class _BatchTransitionsFn(_TransitionsFnBase):
     def process(self, element, snapshots, verdict):
         del verdict  # only read so that the replay waits for the mass-exit guard
         key, records = element
+        self._tally.counters["profiles_processed"] += 1
         if snapshots is not self._times_for:
             # The side input is the same object for a whole bundle: sort it once.
             self._times_for = snapshots
