@@ -87,6 +87,7 @@ def _parse_text(value: str) -> int:
     raise TimestampError(f"not a timestamp: {value!r}")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def format_timestamp(epoch_ms: int) -> str:
     """Formats epoch milliseconds as ``YYYY-MM-DDTHH:MM:SSZ`` (UTC, seconds truncated)."""
     stamp = dt.datetime.fromtimestamp(epoch_ms // 1000, tz=_UTC)
