@@ -9,7 +9,7 @@ PY="$VENV/bin/python"
 export KINESALITE_HOME="${KINESALITE_HOME:-$ROOT/.cache/kinesalite}"
 
 bootstrap_python() {
-  # $1: pip extras, e.g. "" or "[dev]"
+  # $1: pip extras, e.g. "" or "[dev,gcp]"
   local extras="${1:-}"
   if [ ! -x "$PY" ]; then
     echo "==> creating virtualenv $VENV"
@@ -18,8 +18,11 @@ bootstrap_python() {
   local base
   base="$VENV/.installed-$(sha256sum < "$ROOT/setup.py" | cut -c1-16)"
   local stamp="$base${extras//[^a-z]/}"
-  # An install with the dev extras also satisfies a plain one.
-  if [ ! -f "$stamp" ] && [ ! -f "${base}dev" ]; then
+  local installed=""
+  [ -f "$stamp" ] && installed=1
+  # An install with extras (e.g. the tests' [dev,gcp]) also satisfies a plain one.
+  if [ -z "$extras" ] && compgen -G "${base}?*" > /dev/null; then installed=1; fi
+  if [ -z "$installed" ]; then
     echo "==> installing the project$extras into $VENV (first run takes a few minutes)"
     "$PY" -m pip install -q --upgrade pip >/dev/null
     "$PY" -m pip install -q -e "$ROOT$extras"

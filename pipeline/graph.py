@@ -12,10 +12,12 @@ from apache_beam.coders import coders
 from apache_beam.io.textio import WriteToText
 
 from pipeline.config import ActivationConfig
+from transforms.bundle_files import WriteFilePerBundle
 from transforms.events import FormatSegmentEvents
 from transforms.kinesis import WriteToKinesisStream
 from transforms.read import ReadSnapshots
 from transforms.transitions import ComputeSegmentTransitions
+from transforms.watch import DEFAULT_WATCH_INTERVAL_SECONDS, WatchSnapshots
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class JobSettings:
     allow_mass_exit: bool = False
     streaming: bool = False
     watch_interval: float | None = None
+    max_watch_seconds: float | None = None
     # Tests inject a client factory for the sink; never set from the command line.
     kinesis_client_factory: Callable[[], Any] | None = field(default=None, compare=False)
 
@@ -58,9 +61,18 @@ def build_pipeline(
         The main PCollections by name (``records``, ``transitions``, ``events``,
         ``dead_letters``), for tests to assert on.
     """
-    read = pipeline | "ReadSnapshots" >> ReadSnapshots(
-        settings.inputs, config, settings.baseline, settings.snapshot_time_field
-    )
+    if settings.streaming:
+        read = pipeline | "WatchSnapshots" >> WatchSnapshots(
+            settings.inputs,
+            config,
+            settings.baseline,
+            settings.watch_interval or DEFAULT_WATCH_INTERVAL_SECONDS,
+            settings.max_watch_seconds,
+        )
+    else:
+        read = pipeline | "ReadSnapshots" >> ReadSnapshots(
+            settings.inputs, config, settings.baseline, settings.snapshot_time_field
+        )
     transitions = read["records"] | "ComputeTransitions" >> ComputeSegmentTransitions(
         config, streaming=settings.streaming, allow_mass_exit=settings.allow_mass_exit
     )
@@ -71,8 +83,12 @@ def build_pipeline(
             events
             | "SelectEventBytes" >> beam.Map(lambda event: event[1])
             | "WriteEventFiles"
-            >> WriteToText(
-                settings.output_path, file_name_suffix=".jsonl", coder=coders.BytesCoder()
+            >> (
+                WriteFilePerBundle(settings.output_path)
+                if settings.streaming
+                else WriteToText(
+                    settings.output_path, file_name_suffix=".jsonl", coder=coders.BytesCoder()
+                )
             )
         )
     if settings.kinesis_stream:
@@ -97,7 +113,13 @@ def build_pipeline(
             all_dead_letters
             | "EncodeDeadLetters" >> beam.Map(_encode_dead_letter)
             | "WriteDeadLetterFiles"
-            >> WriteToText(settings.dead_letter_path, file_name_suffix=".jsonl", skip_if_empty=True)
+            >> (
+                WriteFilePerBundle(settings.dead_letter_path)
+                if settings.streaming
+                else WriteToText(
+                    settings.dead_letter_path, file_name_suffix=".jsonl", skip_if_empty=True
+                )
+            )
         )
     return {
         "records": read["records"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -23,12 +24,19 @@ from pipeline.options import SegmentEventsOptions
 from pipeline.runners import LOCAL_RUNNER_NAMES, OfflineDirectRunner
 from transforms.read import METRICS_NAMESPACE, InputError, match_snapshot_files
 from transforms.snapshot_time import SnapshotTimeError
+from transforms.watch import DEFAULT_WATCH_INTERVAL_SECONDS
 
 _LOG = logging.getLogger(__name__)
 # Beam has flags for S3 keys; secrets must come from the AWS default chain instead.
 _SECRET_FLAGS = ("s3_access_key_id", "s3_secret_access_key", "s3_session_token")
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+# Libraries whose DEBUG logs echo records or credentials: never below INFO.
+_CAPPED_LOGGERS = ("apache_beam", "botocore", "boto3", "urllib3", "s3transfer")
+# Where Beam logs (with a traceback) the exception of a failing step before re-raising it.
+_BEAM_STEP_FAILURE_LOGGER = "apache_beam.runners.common"
+# Beam appends the failing step to a worker exception's message; the message says enough.
+_STEP_ANNOTATION = re.compile(r"\s*\[while running '[^\]]*'\]")
 
 
 class UsageError(ValueError):
@@ -38,9 +46,7 @@ class UsageError(ValueError):
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    level = os.environ.get("LOG_LEVEL", "WARNING").upper()
-    logging.getLogger().setLevel(level if level in logging.getLevelNamesMapping() else "WARNING")
+    configure_logging(os.environ.get("LOG_LEVEL", "WARNING"))
     if "-h" in argv or "--help" in argv:
         _help_parser().print_help()
         return 0
@@ -60,6 +66,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     print_summary(counters)
     return 0
+
+
+def configure_logging(level_name: str) -> None:
+    """Sets the log level (``LOG_LEVEL``) without letting libraries leak data into logs.
+
+    The job's own loggers follow ``level_name``. Libraries whose DEBUG output echoes data
+    or secrets (Beam logs every element it processes, i.e. profile keys and identities;
+    botocore logs request headers, i.e. access key ids and session tokens) never go
+    below INFO. Beam's log of a failing step's traceback is dropped: :func:`main` reports
+    the failure as one line and logs the traceback at DEBUG itself.
+
+    Args:
+        level_name: A logging level name; unknown names mean WARNING.
+    """
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = level_name.upper()
+    level = level if level in logging.getLevelNamesMapping() else "WARNING"
+    logging.getLogger().setLevel(level)
+    capped = max(logging.getLevelNamesMapping()[level], logging.INFO)
+    for name in _CAPPED_LOGGERS:
+        logging.getLogger(name).setLevel(capped)
+    step_logger = logging.getLogger(_BEAM_STEP_FAILURE_LOGGER)
+    if not any(isinstance(f, _DropStepFailureTraceback) for f in step_logger.filters):
+        step_logger.addFilter(_DropStepFailureTraceback())
+
+
+class _DropStepFailureTraceback(logging.Filter):
+    """Drops Beam's ``[while running 'step']`` traceback log (the failure is re-raised)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and "[while running " in record.getMessage())
 
 
 def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, PipelineOptions]:
@@ -110,10 +147,15 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
         raise UsageError("--watch_interval only applies with --streaming")
     if opts.watch_interval is not None and opts.watch_interval <= 0:
         raise UsageError("--watch_interval must be a positive number of seconds")
-    if streaming:
+    if opts.max_watch_seconds is not None and not streaming:
+        raise UsageError("--max_watch_seconds only applies with --streaming")
+    if opts.max_watch_seconds is not None and opts.max_watch_seconds <= 0:
+        raise UsageError("--max_watch_seconds must be a positive number of seconds")
+    if streaming and opts.snapshot_time_field is not None:
         raise UsageError(
-            "--streaming (watching a landing folder for new snapshots) is not available "
-            "in this version; run daily batches with --baseline instead"
+            "--snapshot_time_field cannot be used with --streaming: the watermark follows "
+            "the time of each landed snapshot folder, so it must come from the path "
+            "(a snapshot=<date> folder or a dated file name)"
         )
     if opts.snapshot_time_field is not None and not opts.snapshot_time_field.strip():
         raise UsageError("--snapshot_time_field must not be empty")
@@ -133,10 +175,13 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
         dead_letter_path=opts.dead_letter_path,
         allow_mass_exit=opts.allow_mass_exit,
         streaming=streaming,
-        watch_interval=opts.watch_interval,
+        watch_interval=_watch_interval(opts.watch_interval, streaming),
+        max_watch_seconds=opts.max_watch_seconds,
     )
     # Match now, so that a wrong pattern or an undated file fails before anything runs.
-    match_snapshot_files(settings.inputs, False, settings.snapshot_time_field)
+    # A streaming run watches for snapshots that have not landed yet: nothing to match.
+    if not streaming:
+        match_snapshot_files(settings.inputs, False, settings.snapshot_time_field)
     match_snapshot_files(settings.baseline, True, settings.snapshot_time_field)
     return settings, config, options
 
@@ -240,6 +285,13 @@ def _unknown_flags(argv: Sequence[str]) -> list[str]:
     return [arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")]
 
 
+def _watch_interval(flag: float | None, streaming: bool) -> float | None:
+    """``--watch_interval``, defaulting to 60 seconds in streaming; ``None`` in batch."""
+    if not streaming:
+        return None
+    return flag if flag is not None else DEFAULT_WATCH_INTERVAL_SECONDS
+
+
 def _default_region() -> str | None:
     """The region of the AWS default chain (AWS_REGION, AWS_DEFAULT_REGION, profile)."""
     for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
@@ -260,4 +312,4 @@ def _one_line(err: BaseException) -> str:
         return type(err).__name__
     # Runners wrap worker exceptions in their traceback text; the last line holds the
     # original exception.
-    return lines[-1]
+    return _STEP_ANNOTATION.sub("", lines[-1]) or lines[-1]

@@ -108,3 +108,37 @@ class SegmentEventsOptions(PipelineOptions):
             help="Streaming: seconds between scans of --input for new snapshots. "
             "Default: 60 with --streaming.",
         )
+        parser.add_argument(
+            "--max_watch_seconds",
+            type=float,
+            default=None,
+            help="Streaming: stop watching --input after this many seconds; the job then "
+            "ends like a drained streaming job (pending timers fire). Default: watch until "
+            "the job is cancelled or drained.",
+        )
+
+
+class FlinkForwardedOptions(PipelineOptions):
+    """Options of Beam's Flink runner that only its (Java) job server reads.
+
+    Declared so that the command line, which refuses unknown flags, accepts them; the
+    portable runner forwards every set option to the job server, which maps
+    ``checkpointing_interval`` to ``FlinkPipelineOptions.checkpointingInterval``.
+    """
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument(
+            "--checkpointing_interval",
+            type=int,
+            default=None,
+            help="Flink: milliseconds between checkpoints. A streaming job on Flink needs "
+            "checkpoints for its state and its position in the watch to survive a "
+            "failure. Default: none (no checkpoints).",
+        )
+        parser.add_argument(
+            "--checkpointing_mode",
+            choices=("EXACTLY_ONCE", "AT_LEAST_ONCE"),
+            default=None,
+            help="Flink: checkpointing mode. Default: Flink's (EXACTLY_ONCE).",
+        )

@@ -7,14 +7,19 @@ The job must not depend on anything downloaded at run time (SPEC §9), so the de
 runner here makes the same choice Beam makes after Prism, directly:
 
 * the FnApiRunner (fast, batch) for every pipeline it supports;
-* the BundleBasedDirectRunner for what it does not support: ``TestStream`` and
-  processing-time timers (the job uses neither outside streaming tests).
+* the BundleBasedDirectRunner for what it does not support: ``TestStream``,
+  processing-time timers, and streaming (``--streaming``): the FnApiRunner runs a
+  pipeline stage by stage and hands a stage's output on only once the stage finished,
+  so a watch that runs for hours would deliver nothing before it stops. For streaming,
+  the watch of new snapshots is swapped for a root transform of that runner (see
+  :func:`transforms.watch.direct_runner_overrides`).
 """
 
 from __future__ import annotations
 
 import logging
 
+from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.pipeline import PipelineVisitor
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.runner import PipelineRunner
@@ -22,6 +27,8 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms import userstate
 from apache_beam.transforms.core import ParDo
 from apache_beam.transforms.timeutil import TimeDomain
+
+from transforms.watch import direct_runner_overrides
 
 _LOG = logging.getLogger(__name__)
 LOCAL_RUNNER_NAMES = (None, "DirectRunner", "SwitchingDirectRunner")
@@ -31,8 +38,9 @@ class OfflineDirectRunner(PipelineRunner):
     """Runs a pipeline locally on the FnApiRunner, or the BundleBasedDirectRunner."""
 
     def run_pipeline(self, pipeline, options):
-        if _needs_bundle_based_runner(pipeline):
-            _LOG.info("Running on the BundleBasedDirectRunner (TestStream or real-time timers)")
+        if options.view_as(StandardOptions).streaming or _needs_bundle_based_runner(pipeline):
+            _LOG.info("Running on the BundleBasedDirectRunner (streaming)")
+            pipeline.replace_all(direct_runner_overrides())
             return BundleBasedDirectRunner().run_pipeline(pipeline, options)
         # Imported here: the FnApiRunner pulls in the portability stack.
         from apache_beam.portability.api import beam_provision_api_pb2

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from pipeline.main import main
+from pipeline.main import main, parse_args
 
 SPEC_FLAGS = (
     "--config",
@@ -87,6 +87,13 @@ def snapshot(tmp_path):
             "--kinesis_aggregate needs --kinesis_stream",
         ),
         (["--output_path", "o", "--watch_interval", "5"], "only applies with --streaming"),
+        (["--output_path", "o", "--max_watch_seconds", "5"], "only applies with --streaming"),
+        (["--output_path", "o", "--streaming", "--watch_interval", "0"], "must be a positive"),
+        (["--output_path", "o", "--streaming", "--max_watch_seconds", "0"], "must be a positive"),
+        (
+            ["--output_path", "o", "--streaming", "--snapshot_time_field", "ts"],
+            "--snapshot_time_field cannot be used with --streaming",
+        ),
         (["--output_path", "o", "--s3_secret_access_key", "x"], "credentials are never flags"),
         (["--kinesis_stream", "s"], "--kinesis_region is required"),
     ],
@@ -141,3 +148,50 @@ def test_config_errors_fail_before_the_pipeline(snapshot, tmp_path, capsys, conf
     assert main(["--config", str(bad), "--input", path, "--output_path", "o"]) == 2
     err = capsys.readouterr().err
     assert message in err and str(bad) in err
+
+
+def test_streaming_watches_an_input_that_has_not_landed_yet(snapshot, tmp_path):
+    _, config = snapshot
+    landing = str(tmp_path / "landing" / "*" / "*.avro")
+    settings, _, _ = parse_args(
+        ["--config", config, "--input", landing, "--output_path", "o", "--streaming"]
+    )
+    assert (settings.streaming, settings.watch_interval, settings.max_watch_seconds) == (
+        True,
+        60.0,
+        None,
+    )
+    settings, _, _ = parse_args(
+        ["--config", config, "--input", landing, "--output_path", "o", "--streaming"]
+        + ["--watch_interval", "5", "--max_watch_seconds", "30"]
+    )
+    assert (settings.watch_interval, settings.max_watch_seconds) == (5.0, 30.0)
+
+
+def test_batch_has_no_watch_interval(snapshot):
+    path, config = snapshot
+    settings, _, _ = parse_args(["--config", config, "--input", path, "--output_path", "o"])
+    assert (settings.streaming, settings.watch_interval) == (False, None)
+
+
+def test_flink_flags_are_accepted_and_forwarded_to_the_job_server(snapshot):
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    path, config = snapshot
+    _, _, options = parse_args(
+        ["--config", config, "--input", path, "--output_path", "o", "--runner", "FlinkRunner"]
+        + ["--flink_master", "flink-jobmanager:8081", "--flink_version", "1.19"]
+        + ["--parallelism", "8", "--environment_type", "DOCKER"]
+        + ["--checkpointing_interval", "60000", "--checkpointing_mode", "AT_LEAST_ONCE"]
+    )
+    # What the portable runner sends to the Flink job server (numbers travel as text).
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    assert {
+        name: str(encoded[f"beam:option:{name}:v1"])
+        for name in ("checkpointing_interval", "checkpointing_mode", "flink_master", "parallelism")
+    } == {
+        "checkpointing_interval": "60000",
+        "checkpointing_mode": "AT_LEAST_ONCE",
+        "flink_master": "flink-jobmanager:8081",
+        "parallelism": "8",
+    }

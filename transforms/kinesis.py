@@ -190,6 +190,7 @@ class WriteToKinesisStream(beam.PTransform):
         aggregation_max_bytes: int | None = None,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
+        unreachable_timeout_seconds: float = 10.0,
         label: str | None = None,
     ):
         """Configures the sink; invalid settings raise ValueError here, before the run.
@@ -216,6 +217,8 @@ class WriteToKinesisStream(beam.PTransform):
             aggregation_max_bytes: size of one aggregated record (default KPL's 50 KiB).
             connect_timeout: seconds to connect (default client only).
             read_timeout: seconds to wait for a response (default client only).
+            unreachable_timeout_seconds: how long an endpoint that never answered may
+                refuse connections before the job fails naming it.
             label: the transform label.
         """
         super().__init__(label)
@@ -234,6 +237,7 @@ class WriteToKinesisStream(beam.PTransform):
             adaptive_rate_limit=adaptive_rate_limit,
             aggregate=aggregate,
             dead_letter=dead_letter,
+            unreachable_timeout_seconds=unreachable_timeout_seconds,
         )
         if aggregation_max_bytes is not None:
             settings = dataclasses.replace(settings, aggregation_max_bytes=aggregation_max_bytes)

@@ -81,11 +81,14 @@ class Failure:
         kind: FATAL, THROTTLED or RETRYABLE.
         code: the Kinesis error code or the exception class name.
         message: a one-line, truncated message (no credentials: AWS never echoes them).
+        unreachable: no answer came from the endpoint at all (connection refused or
+            reset, DNS failure, connect timeout), as opposed to a late or error answer.
     """
 
     kind: str
     code: str
     message: str
+    unreachable: bool = False
 
     def describe(self) -> str:
         """Returns ``"Code: message"`` for dead letters and logs."""
@@ -126,15 +129,20 @@ def classify_exception(exc: BaseException) -> Failure:
         code = str(error.get("Code") or status or "UnknownClientError")
         return Failure(classify_code(code, status), code, _one_line(error.get("Message")))
     name = type(exc).__name__
-    if isinstance(exc, (boto_exc.ConnectionError, boto_exc.HTTPClientError)):
-        # Connection refused/reset, DNS, connect or read timeouts: transient. A read timeout
-        # may hide a success, so a retry can duplicate (delivery is at-least-once).
+    if isinstance(exc, (boto_exc.ConnectionError, boto_exc.ConnectionClosedError)):
+        # Connection refused/reset, DNS, connect timeout: transient, but no answer at all.
+        return Failure(RETRYABLE, name, _one_line(exc), unreachable=True)
+    if isinstance(exc, boto_exc.HTTPClientError):
+        # Read timeouts and broken answers: transient. A read timeout may hide a success,
+        # so a retry can duplicate (delivery is at-least-once).
         return Failure(RETRYABLE, name, _one_line(exc))
     if name in ("ResponseParserError", "IncompleteReadError"):
         return Failure(RETRYABLE, name, _one_line(exc))
     if isinstance(exc, boto_exc.BotoCoreError):
         # NoCredentialsError, NoRegionError, ParamValidationError, CredentialRetrievalError..
         return Failure(FATAL, name, _one_line(exc))
-    if isinstance(exc, (ConnectionError, TimeoutError)):
+    if isinstance(exc, ConnectionError):
+        return Failure(RETRYABLE, name, _one_line(exc), unreachable=True)
+    if isinstance(exc, TimeoutError):
         return Failure(RETRYABLE, name, _one_line(exc))
     return Failure(FATAL, name, _one_line(exc))

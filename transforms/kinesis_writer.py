@@ -74,6 +74,11 @@ class SinkSettings:
         aggregation_max_bytes: capacity of one aggregated record.
         shard_map_ttl_seconds: how long the ListShards map is trusted when aggregating.
         dead_letter: give up records to the dead letter; False raises instead.
+        unreachable_timeout_seconds: while no request has ever been answered, how long
+            connection failures (refused, reset, DNS, connect timeout) may last before
+            the job fails naming the endpoint; records are never dead-lettered for an
+            endpoint that was never reached. After a first answer, outages are retried
+            like any transient error.
     """
 
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
@@ -93,6 +98,7 @@ class SinkSettings:
     aggregation_max_bytes: int = DEFAULT_AGGREGATION_MAX_BYTES
     shard_map_ttl_seconds: float = 60.0
     dead_letter: bool = True
+    unreachable_timeout_seconds: float = 10.0
 
     def validate(self) -> None:
         """Raises ValueError naming the first invalid setting."""
@@ -114,6 +120,7 @@ class SinkSettings:
             ("min_adaptive_rate", self.min_adaptive_rate > 0),
             ("aggregation_max_bytes", self.aggregation_max_bytes >= 64),
             ("shard_map_ttl_seconds", self.shard_map_ttl_seconds > 0),
+            ("unreachable_timeout_seconds", self.unreachable_timeout_seconds > 0),
         ]
         for name, ok in checks:
             if not ok:
@@ -151,10 +158,11 @@ def dead_letter_value(partition_key: str, data: bytes, reason: str, error: str) 
 
 
 class WriterState:
-    """What outlives one writer (bundle): rate limiters and the shard map.
+    """What outlives one writer (bundle): rate limiters, the shard map, reachability.
 
-    A throttled stream stays throttled across bundles, and the shard map is not reloaded
-    for every (small, streaming) bundle.
+    A throttled stream stays throttled across bundles, the shard map is not reloaded
+    for every (small, streaming) bundle, and an endpoint that answered once is known to
+    be reachable.
     """
 
     def __init__(
@@ -167,6 +175,10 @@ class WriterState:
         self.shard_map = shard_map
         self.shard_map_loaded = now if shard_map is not None else float("-inf")
         self.throttle_logged = float("-inf")
+        # Whether any request got an answer (any HTTP response) from the endpoint, and
+        # since when connection failures have lasted while it never did.
+        self.answered = False
+        self.unreachable_since: float | None = None
 
 
 @dataclasses.dataclass
@@ -449,8 +461,11 @@ class KinesisWriter:
         now = self._clock()
         if exc is not None:
             failure = kinesis_errors.classify_exception(exc)
+            if not failure.unreachable:
+                self._state.answered = True
             self._handle_request_failure(request, failure, now)
             return
+        self._state.answered = True
         results = response.get("Records") or []
         if len(results) != len(request.entries):
             failure = kinesis_errors.Failure(
@@ -497,6 +512,8 @@ class KinesisWriter:
         if failure.kind == kinesis_errors.FATAL:
             self._fail(failure)
         members = [r for _, ms, _ in request.entries for r in ms]
+        if failure.unreachable and not self._state.answered:
+            self._check_reachable(members, failure, now)
         if failure.kind == kinesis_errors.THROTTLED:
             self._metrics.inc("kinesis_throttled_records", len(members))
             self._on_throttled(request, now, 1.0)
@@ -574,6 +591,36 @@ class KinesisWriter:
             hint = " (does the stream exist in this region/account?)"
         self._failed = KinesisSinkError(
             f"Kinesis stream '{self._stream}': {failure.code}{hint}: {failure.message}"
+        )
+        logger.error("%s", self._failed)
+        raise self._failed
+
+    def _check_reachable(
+        self, records: list[PendingRecord], failure: kinesis_errors.Failure, now: float
+    ) -> None:
+        """Fails the job when an endpoint that never answered stays unreachable.
+
+        Fails after ``unreachable_timeout_seconds`` of connection failures, or earlier if
+        a record would otherwise be given up: a dead letter for an endpoint never reached
+        would turn a wrong URL or a closed network into a "successful" run.
+        """
+        state = self._state
+        if state.unreachable_since is None:
+            state.unreachable_since = now
+        elapsed = now - state.unreachable_since
+        exhausted = any(
+            r.attempts >= self._s.max_attempts
+            or now - (r.first_sent if r.first_sent is not None else now)
+            >= self._s.max_retry_seconds
+            for r in records
+        )
+        if elapsed < self._s.unreachable_timeout_seconds and not exhausted:
+            return
+        endpoint = getattr(getattr(self._client, "meta", None), "endpoint_url", None)
+        where = f"the endpoint {endpoint}" if endpoint else "the Kinesis endpoint"
+        self._failed = KinesisSinkError(
+            f"Kinesis stream '{self._stream}': cannot reach {where} (no request answered "
+            f"in {elapsed:.0f} s): {failure.describe()}"
         )
         logger.error("%s", self._failed)
         raise self._failed

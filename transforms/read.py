@@ -2,23 +2,30 @@
 
 Files are matched when the pipeline is built, so a pattern that matches nothing, a file
 of unknown format or a file without a resolvable snapshot time fails before anything
-runs, with a message naming the pattern or file. Each format is read with Beam's own IO
-(Avro through fastavro, text with gzip auto-detection, Parquet through pyarrow), always
-with the file name, because the file decides the snapshot time and goes into dead
-letters.
+runs, with a message naming the pattern or file.
+
+Each matched file is read whole by one DoFn (:class:`_ReadFileFn`) through Beam's
+``FileSystems`` (local, GCS, S3...): Avro with fastavro, JSON Lines as raw bytes per line
+(gzip by extension), Parquet with pyarrow, in record batches. Beam's ``ReadAllFrom*``
+transforms are not used because their errors do not name the file: here a file that
+cannot be opened or decoded fails the run with :class:`InputFileError`, whose one-line
+message starts with the file's path. A malformed *record* is not a file error: it goes to
+the dead letter with its raw input, its file and the reason. Files are spread over workers
+by a ``Reshuffle`` of their paths; a file is not split (exports come as many part files).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.coders import coders
-from apache_beam.io import avroio, parquetio, textio
+import fastavro
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
@@ -46,6 +53,14 @@ _IGNORED_PREFIXES = ("_", ".")
 
 class InputError(ValueError):
     """An input pattern or file cannot be used; the message names it."""
+
+
+class InputFileError(InputError):
+    """A matched file cannot be opened or decoded while the job runs.
+
+    The message is one line that starts with the file's path, e.g.
+    ``"<path>: corrupt or truncated avro file: <detail>"``.
+    """
 
 
 @dataclass(frozen=True)
@@ -152,11 +167,7 @@ class ReadSnapshots(beam.PTransform):
         files += match_snapshot_files(self._baseline, True, self._field)
         records, dead_letters = [], []
         for kind, is_baseline in (("Input", False), ("Baseline", True)):
-            for fmt, reader in (
-                ("Avro", _read_avro),
-                ("Json", _read_json),
-                ("Parquet", _read_parquet),
-            ):
+            for fmt in ("Avro", "Json", "Parquet"):
                 paths = [
                     f.path for f in files if f.baseline == is_baseline and f.format == fmt.lower()
                 ]
@@ -165,7 +176,8 @@ class ReadSnapshots(beam.PTransform):
                 parsed = (
                     pbegin
                     | f"List{kind}{fmt}Files" >> beam.Create(paths)
-                    | f"Read{kind}{fmt}" >> reader()
+                    | f"Spread{kind}{fmt}Files" >> beam.Reshuffle()
+                    | f"Read{kind}{fmt}" >> beam.ParDo(_ReadFileFn(fmt.lower()))
                     | f"Parse{kind}{fmt}Records"
                     >> beam.ParDo(
                         _ParseRecordFn(fmt.lower(), is_baseline, self._config, self._field)
@@ -179,17 +191,72 @@ class ReadSnapshots(beam.PTransform):
         }
 
 
-def _read_avro() -> beam.PTransform:
-    return avroio.ReadAllFromAvro(with_filename=True)
+# Rows per pyarrow record batch: bounds the memory of one Parquet read step.
+_PARQUET_BATCH_ROWS = 1024
 
 
-def _read_json() -> beam.PTransform:
-    # Bytes, not str: a line that is not UTF-8 must become a dead letter, not a crash.
-    return textio.ReadAllFromText(with_filename=True, coder=coders.BytesCoder())
+class _ReadFileFn(beam.DoFn):
+    """Reads one snapshot file; yields ``(path, raw record)``.
+
+    Raw records are ``bytes`` lines for JSON (a line that is not UTF-8 must become a dead
+    letter, not a crash; blank lines are skipped), dicts for Avro, and dicts with MAP
+    columns as lists of ``(key, value)`` tuples for Parquet.
+
+    Raises:
+        InputFileError: The file cannot be opened, or is not a readable file of its
+            format (corrupt, truncated, wrong format).
+    """
+
+    def __init__(self, fmt: str) -> None:
+        self._format = fmt
+
+    def process(self, path: str) -> Iterator[tuple[str, Any]]:
+        try:
+            handle = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+        except Exception as err:  # noqa: BLE001 - filesystems raise many kinds
+            raise InputFileError(f"{path}: cannot open the file: {_detail(err)}") from None
+        kind = "gzip" if self._format == "json" and path.lower().endswith(".gz") else self._format
+        with handle:
+            try:
+                for raw in _RECORD_READERS[self._format](handle, path):
+                    yield path, raw
+            except Exception as err:  # noqa: BLE001 - fastavro, pyarrow, gzip raise many kinds
+                # Only this file's decoding fails here: an error of a downstream step is
+                # raised where it happens, never into this generator.
+                raise InputFileError(
+                    f"{path}: corrupt or truncated {kind} file: {_detail(err)}"
+                ) from None
 
 
-def _read_parquet() -> beam.PTransform:
-    return parquetio.ReadAllFromParquet(with_filename=True)
+def _json_lines(handle: Any, path: str) -> Iterator[bytes]:
+    stream = gzip.GzipFile(fileobj=handle, mode="rb") if path.lower().endswith(".gz") else handle
+    for line in stream:
+        line = line.rstrip(b"\r\n")
+        if line.strip():
+            yield line
+
+
+def _avro_records(handle: Any, path: str) -> Iterator[Any]:
+    del path
+    yield from fastavro.reader(handle)
+
+
+def _parquet_rows(handle: Any, path: str) -> Iterator[dict]:
+    del path
+    import pyarrow.parquet as pq  # noqa: PLC0415 - only Parquet inputs need pyarrow
+
+    parquet = pq.ParquetFile(handle)
+    for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
+        yield from batch.to_pylist()
+
+
+_RECORD_READERS = {"json": _json_lines, "avro": _avro_records, "parquet": _parquet_rows}
+
+
+def _detail(err: BaseException) -> str:
+    """One line describing an exception: its message, else its type name."""
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
 
 
 class _ParseRecordFn(beam.DoFn):
