@@ -26,18 +26,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "integration: needs a local Kinesis server (kinesalite, started by fixture)"
     )
     config.addinivalue_line(
-        "markers", "soak: long full-size run (minutes); only runs when selected with -m soak"
+        "markers", "soak: long full-size run (~10 min); deselect with -m 'not soak'"
     )
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Soak tests take minutes: they run only when asked for (``pytest -m soak``).
-    if "soak" in (config.getoption("markexpr", "") or ""):
-        return
-    skip = pytest.mark.skip(reason="soak test: select it with -m soak")
-    for item in items:
-        if "soak" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

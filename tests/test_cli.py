@@ -95,6 +95,10 @@ def snapshot(tmp_path):
             "--snapshot_time_field cannot be used with --streaming",
         ),
         (["--output_path", "o", "--s3_secret_access_key", "x"], "credentials are never flags"),
+        (
+            ["--output_path", "o", "--direct_running_mode", "multi_threading"],
+            "loses grouped records",
+        ),
         (["--kinesis_stream", "s"], "--kinesis_region is required"),
     ],
 )
