@@ -18,7 +18,7 @@ event formatter module does). Peak RSS is the child's own maximum resident set, 
 reported by ``wait4``.
 
     python bench/bench_transitions.py [--profiles 100000] [--snapshots 3] [--segments 20]
-                                      [--data DIR] [--parts 4]
+                                      [--data DIR] [--parts 4] [--beam_args FLAGS]
 
 Goal: time ratio (Beam / plain) <= 1.0, and Beam's peak RSS not growing with
 ``--snapshots``.
@@ -34,6 +34,7 @@ import argparse  # noqa: E402 - the clock above starts before any import
 import glob  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import shlex  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -43,6 +44,8 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 _RESULT_PREFIX = "BENCH_RESULT "
+# Extra flags for the Beam child (e.g. the scale-out options), passed through the env.
+_BEAM_ARGS_ENV = "BENCH_BEAM_ARGS"
 
 
 # ----------------------------------------------------------------------- children
@@ -128,7 +131,8 @@ def beam_job(config_path: str, pattern: str, out_prefix: str) -> dict:
 
     startup = time.perf_counter() - _STARTED
     logging.getLogger().setLevel(logging.ERROR)
-    code = main(["--config", config_path, "--input", pattern, "--output_path", out_prefix])
+    extra = shlex.split(os.environ.get(_BEAM_ARGS_ENV, ""))
+    code = main(["--config", config_path, "--input", pattern, "--output_path", out_prefix, *extra])
     if code != 0:
         raise SystemExit(f"the Beam job failed with exit code {code}")
     return {"startup_s": startup}
@@ -175,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data", help="Data folder, kept (generated if it has no activation.json)."
     )
+    parser.add_argument(
+        "--beam_args",
+        default="",
+        help="Extra flags of the Beam job, e.g. "
+        "'--direct_num_workers=2 --direct_running_mode=multi_processing'. Default: none.",
+    )
     parser.add_argument("--child", nargs=4, metavar=("KIND", "CONFIG", "INPUT", "OUT"))
     args = parser.parse_args(argv)
     if args.child:
@@ -196,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         write_snapshots(data, args.profiles, args.snapshots, args.segments, "avro", args.parts)
     pattern = os.path.join(data, "snapshot=*", "part-*.avro")
     work = tempfile.mkdtemp(prefix="bench-transitions-out-")
+    os.environ[_BEAM_ARGS_ENV] = args.beam_args
+    if args.beam_args:
+        print(f"beam job flags: {args.beam_args}", flush=True)
     try:
         beam = run_child("beam", config_path, pattern, os.path.join(work, "beam", "events"))
         plain = run_child("plain", config_path, pattern, os.path.join(work, "plain.jsonl"))
