@@ -17,6 +17,7 @@ from pipeline.local_kinesis import create_stream, local_client, read_all_records
 from pipeline.main import main
 from pipeline.sample_data import write_snapshots
 from tests.event_schema import validate_event
+from tests.stream_check import read_lines
 
 pytestmark = pytest.mark.integration
 
@@ -117,14 +118,6 @@ def sha256(text):
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def read_output_files(prefix):
-    lines = []
-    for path in sorted(glob.glob(prefix + "*")):
-        with open(path, "rb") as handle:
-            lines.extend(line.rstrip(b"\n") for line in handle if line.strip())
-    return lines
-
-
 def test_events_reach_kinesis_exactly_as_specified(tmp_path, kinesalite, aws_env, capsys):
     write_inputs(tmp_path / "in")
     config = tmp_path / "activation.json"
@@ -155,7 +148,7 @@ def test_events_reach_kinesis_exactly_as_specified(tmp_path, kinesalite, aws_env
     assert "Run summary:" in out
 
     stream = read_all_records(client, "e2e")
-    files = read_output_files(str(tmp_path / "out" / "events"))
+    files = read_lines(str(tmp_path / "out" / "events"))
     # The files hold exactly the bytes that went to the stream.
     assert sorted(r["data"] for r in stream) == sorted(files)
     assert len(stream) == len(EXPECTED)
@@ -216,7 +209,7 @@ def test_sample_data_run_matches_files_and_stream(tmp_path, kinesalite, aws_env,
     )
     assert code == 0, capsys.readouterr().err
     stream = read_all_records(client, "e2e-sample")
-    files = read_output_files(str(tmp_path / "out" / "events"))
+    files = read_lines(str(tmp_path / "out" / "events"))
     assert len(stream) > 150
     assert sorted(r["data"] for r in stream) == sorted(files)
     ids = [json.loads(r["data"])["eventId"] for r in stream]
