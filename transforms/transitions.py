@@ -9,9 +9,13 @@ Batch (``streaming=False``)::
     records --CombineGlobally--> snapshot times of the run ------------------(side input)
     records --(key, (T, deleted))--GroupByKey--> _MassExitCountsFn --> CombineGlobally
             --> check_mass_exit --> verdict (raises MassExitError) ----------(side input)
-    records --GroupByKey--> (key, its whole history) --_BatchTransitionsFn--> transitions
+    records --encode_record--> (key, bytes) --GroupByKey--> (key, its whole history)
+            --_BatchTransitionsFn--> transitions
 
-  Each key arrives once with every record of the run; the replay walks the run's
+  Records cross the GroupByKey as compact ``bytes`` (:func:`encode_record`): the local
+  runner holds a shuffle in memory as decoded values, and a dict tree per record costs
+  several times its encoding. Each key arrives once with every record of the run; the
+  replay walks the run's
   snapshots, so a profile absent from a snapshot exits there. The replay step reads the
   verdict as a side input: it cannot start, and nothing downstream of it (sink, files)
   receives a transition, before the guard passed.
@@ -91,6 +95,46 @@ class TransitionsResult(NamedTuple):
 
     transitions: beam.PCollection
     dead_letters: beam.PCollection
+
+
+# ----------------------------------------------------------------- record encoding
+
+
+def encode_record(record: dict) -> bytes:
+    """Encodes a profile record as one compact ``bytes`` value for a shuffle or state.
+
+    A tuple of the fields, without their names, in Beam's portable primitive encoding:
+    the local runner then holds each shuffled record as one ``bytes`` object instead of
+    a decoded dict tree (about a third of the memory, and no decode/re-encode by the
+    runner).
+    """
+    return _VALUE_CODER.encode(
+        (
+            record["snapshot_ms"],
+            bool(record.get("baseline", False)),
+            bool(record.get("deleted", False)),
+            record["segments"],
+            record["identities"],
+            record["attributes"],
+            record.get("file", ""),
+        )
+    )
+
+
+def decode_record(data: bytes) -> dict:
+    """Decodes :func:`encode_record` output back into the record dict."""
+    snapshot_ms, baseline, deleted, segments, identities, attributes, file = _VALUE_CODER.decode(
+        data
+    )
+    return {
+        "snapshot_ms": snapshot_ms,
+        "baseline": baseline,
+        "deleted": deleted,
+        "segments": segments,
+        "identities": identities,
+        "attributes": attributes,
+        "file": file,
+    }
 
 
 # --------------------------------------------------------------------------- state
@@ -187,6 +231,7 @@ class ComputeSegmentTransitions(beam.PTransform):
         )
         outputs = (
             records
+            | "EncodeRecords" >> beam.Map(_encode_keyed).with_output_types(tuple[str, bytes])
             | "GroupByProfile" >> beam.GroupByKey()
             | "Replay"
             >> beam.ParDo(
@@ -224,6 +269,10 @@ class ComputeSegmentTransitions(beam.PTransform):
 
 def _identity(element: Any) -> Any:
     return element
+
+
+def _encode_keyed(element: tuple[str, dict]) -> tuple[str, bytes]:
+    return element[0], encode_record(element[1])
 
 
 # ------------------------------------------------------------------ mass-exit guard
@@ -393,15 +442,22 @@ class _BatchTransitionsFn(_TransitionsFnBase):
 
     Timeline of one key (snapshots of the run T1 < T2 < T3 come as a side input)::
 
-        element (k, [rec@T3, rec@T1])   the key's whole history, in any order
+        element (k, [rec@T3, rec@T1])   the key's whole history (encoded), any order
         T1: first sight -> entries
         T2: no record   -> every membership exits at T2 (disappearance)
         T3: record      -> re-entry: its memberships are entries again
 
-    No user state: the GroupByKey hands over each key exactly once with all its
-    snapshots, so there is nothing to carry between elements; and on the FnApiRunner a
-    state read costs ~2 ms per key (measured: 20k keys after a GroupByKey, 1.2 s with no
-    state, 22 s with one bag read), which would dominate any backfill.
+    No user state, on purpose (README "Transitions"):
+
+    * the GroupByKey hands over each key exactly once with all its snapshots, so state
+      would carry nothing between elements;
+    * buffering the records in bag state until an end-of-window timer instead of the
+      GroupByKey cannot work in Python: a timer callback cannot read side inputs
+      (``invoke_timer_callback`` in ``apache_beam/runners/common.py``, "TODO: support
+      side inputs"), and the replay needs the run's snapshot times;
+    * each state access through the SDK's state cache costs ~1.7 ms on this machine:
+      the cache sizes every value with ``objsize``, which walks the globals of every
+      loaded module on each call (``bench/bench_state_cost.py``).
     """
 
     def __init__(self, config: ActivationConfig) -> None:
@@ -411,7 +467,8 @@ class _BatchTransitionsFn(_TransitionsFnBase):
 
     def process(self, element, snapshots, verdict):
         del verdict  # only read so that the replay waits for the mass-exit guard
-        key, records = element
+        key, encoded = element
+        records = [decode_record(data) for data in encoded]
         self._tally.counters["profiles_processed"] += 1
         if snapshots is not self._times_for:
             # The side input is the same object for a whole bundle: sort it once.
@@ -461,7 +518,7 @@ class _StreamingTransitionsFn(_TransitionsFnBase):
         wake=beam.DoFn.TimerParam(WAKE),  # noqa: B008
     ):
         record = element[1]
-        buffer.add(_VALUE_CODER.encode(record))
+        buffer.add(encode_record(record))
         wake.set(_timestamp(record["snapshot_ms"] + _EPSILON_MS))
 
     @userstate.on_timer(WAKE)
@@ -476,7 +533,7 @@ class _StreamingTransitionsFn(_TransitionsFnBase):
         now_ms = fired.micros // 1000
         stored = profile.read()
         state = decode_state(stored) if stored is not None else None
-        buffered = [_VALUE_CODER.decode(data) for data in buffer.read()]
+        buffered = [decode_record(data) for data in buffer.read()]
         # Snapshots before the timer's time are complete: the watermark passed them.
         ready = [r for r in buffered if r["snapshot_ms"] < now_ms]
         waiting = [r for r in buffered if r["snapshot_ms"] >= now_ms]
@@ -487,7 +544,7 @@ class _StreamingTransitionsFn(_TransitionsFnBase):
         if ready:
             buffer.clear()
             for record in waiting:
-                buffer.add(_VALUE_CODER.encode(record))
+                buffer.add(encode_record(record))
         if final is None:
             if stored is not None:
                 profile.clear()
