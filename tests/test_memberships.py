@@ -17,6 +17,7 @@ from transforms.memberships import (
     Triggers,
     apply_absence,
     apply_record,
+    carried_state,
     diff_memberships,
     mass_exit_counts,
     merge_records,
@@ -588,6 +589,70 @@ def test_stream_replay_in_chunks_matches_model(run, ttl, rnd):
             last_cut = cut
         expected = model_profile(recs, times, set(), ttl=ttl, until=until)
         assert as_model_events(events) == expected, key
+
+
+def split_runs(times, rnd):
+    """Random consecutive runs of a split backfill (--snapshots_per_run)."""
+    cuts = sorted(rnd.sample(range(1, len(times)), rnd.randint(0, max(len(times) - 1, 0))))
+    return [times[a:b] for a, b in zip([0, *cuts], [*cuts, len(times)], strict=True)]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(runs(), st.randoms(use_true_random=False), st.booleans(), st.booleans())
+def test_split_backfill_with_carried_state_equals_one_replay(run, rnd, attributes, long_gaps):
+    """Runs of consecutive snapshots, each seeded with the previous run's final states."""
+    records, times, baseline = run
+    if long_gaps:
+        # Snapshots months apart, so that gone states pass their retention between runs.
+        scale = {t: t * 20 for t in times}
+        records = [(k, dict(r, snapshot_ms=scale[r["snapshot_ms"]])) for k, r in records]
+        times = [scale[t] for t in times]
+        baseline = {scale[t] for t in baseline}
+    triggers = Triggers(attributes=attributes, identities=True)
+    chunks = split_runs(times, rnd)
+    full_counts: dict = {}
+    split_counts: dict = {}
+    for recs in by_key(records).values():
+        full = replay_batch(recs, times, triggers, Tally(), baseline)
+        mass_exit_counts(
+            [(r["snapshot_ms"], r["deleted"]) for r in recs], times, baseline, full_counts
+        )
+        state, events = None, []
+        for chunk in chunks:
+            seed = carried_state(state, chunk[0])
+            in_chunk = [r for r in recs if r["snapshot_ms"] in chunk]
+            rnd.shuffle(in_chunk)
+            mass_exit_counts(
+                [(r["snapshot_ms"], r["deleted"]) for r in in_chunk],
+                chunk,
+                baseline,
+                split_counts,
+                live_before=seed is not None and seed.live,
+            )
+            replay = replay_batch(in_chunk, chunk, triggers, Tally(), baseline, initial=seed)
+            events.extend(replay.transitions)
+            state = replay.state
+        assert events == full.transitions
+        if state is not None and full.state is not None and not full.state.gone:
+            assert state == full.state
+    assert split_counts == full_counts
+
+
+def test_carried_state_drops_gone_profiles_after_retention():
+    gone = ProfileState(T2, True, {"ups": {"a": ["exited", T2]}})
+    assert carried_state(gone, T3) is gone
+    assert carried_state(gone, T2 + RETENTION_MS) is None
+    live = ProfileState(T2, False, {"ups": {"a": ["realized", T1]}})
+    assert carried_state(live, T2 + 10 * RETENTION_MS) is live
+    assert carried_state(None, T3) is None
+
+
+def test_replay_with_live_initial_state_exits_at_first_snapshot_when_absent():
+    live = ProfileState(T1, False, {"ups": {"a": ["realized", T1]}}, {"email": ["x"]})
+    replay = replay_batch([], [T2, T3], SEGMENTS_ONLY, Tally(), initial=live)
+    assert [t["snapshot_ms"] for t in replay.transitions] == [T2]
+    assert replay.transitions[0]["segments"] == {"ups": {"a": ["exited", T2]}}
+    assert replay.state.gone
 
 
 def test_model_is_not_trivially_empty():

@@ -482,6 +482,7 @@ def replay_batch(
     triggers: Triggers,
     tally: Tally | None = None,
     baseline_times: frozenset[int] | set[int] | Mapping[int, bool] = frozenset(),
+    initial: ProfileState | None = None,
 ) -> Replay:
     """Replays one profile over every snapshot of a batch run, in time order.
 
@@ -489,27 +490,35 @@ def replay_batch(
     memberships at T(k+1) (disappearance); a later record re-enters it. Snapshots in
     ``baseline_times`` (and baseline records) update the state but emit nothing.
 
+    A backfill split into runs (``--snapshots_per_run``) passes each profile's final
+    state of the previous run as ``initial``: replaying the runs one after the other
+    gives exactly the transitions of one replay over all their snapshots.
+
     Args:
         records: All records of the profile in the run, in any order, duplicates allowed.
         snapshot_times: Every snapshot time of the run (incl. baselines), ascending.
         triggers: What emits events.
         tally: Counters to update.
         baseline_times: Snapshot times that are baselines (a set, or a mapping to bool).
+        initial: The state before the run's first snapshot (``None``: never seen).
 
     Returns:
         The final state and the transitions in snapshot order.
     """
     by_time = group_by_snapshot(records, tally)
-    state: ProfileState | None = None
+    state = initial
     transitions: list[dict] = []
-    if not by_time:
+    live_at_start = initial is not None and not initial.gone
+    if not by_time and not live_at_start:
         return Replay(state, transitions, [], [])
     record_times = sorted(by_time)
     times = snapshot_times
     if any(not _contains(times, t) for t in record_times):
         # Defensive: a record's snapshot always belongs to the run's snapshots.
         times = sorted(set(times).union(record_times))
-    index = bisect_left(times, record_times[0])
+    # A profile live before the run is absent from its first snapshot unless it has a
+    # record there: the replay starts at the run's first snapshot.
+    index = 0 if live_at_start else bisect_left(times, record_times[0])
     applied = 0  # records applied so far (record_times[applied] is the next one)
     while index < len(times):
         snapshot_ms = times[index]
@@ -533,11 +542,31 @@ def replay_batch(
     return Replay(state, transitions, [], [])
 
 
+def carried_state(state: ProfileState | None, next_snapshot_ms: int) -> ProfileState | None:
+    """The part of a final state that the next run of a split backfill needs.
+
+    A live profile's state goes on whole. A gone profile's state only keeps retained
+    exited entries, which never change what is emitted; once its retention is over by
+    the next run's first snapshot it is dropped, so no state lives forever (SPEC §4).
+
+    Args:
+        state: A profile's state after a run.
+        next_snapshot_ms: The first snapshot time of the next run.
+
+    Returns:
+        The state to seed the next run with, or ``None``.
+    """
+    if state is None or (state.gone and next_snapshot_ms >= state.gc_time()):
+        return None
+    return state
+
+
 def mass_exit_counts(
     presence: Iterable[tuple[int, bool]],
     snapshot_times: Sequence[int],
     baseline_times: frozenset[int] | set[int] | Mapping[int, bool],
     counts: dict[int, list[int]],
+    live_before: bool = False,
 ) -> None:
     """Adds one profile's share to the batch mass-exit guard counts (SPEC §7).
 
@@ -553,10 +582,20 @@ def mass_exit_counts(
         snapshot_times: Every snapshot time of the run, ascending.
         baseline_times: Baseline snapshot times (a set, or a mapping to bool).
         counts: Snapshot ms -> ``[tracked before, absent]``, updated in place.
+        live_before: The profile was live before the run's first snapshot (its state
+            carried over from the previous run of a split backfill).
     """
     deleted_at: dict[int, bool] = {}
     for snapshot_ms, deleted in presence:
         deleted_at[snapshot_ms] = deleted_at.get(snapshot_ms, False) or bool(deleted)
+    if live_before and snapshot_times and not _lookup(baseline_times, snapshot_times[0]):
+        first = snapshot_times[0]
+        entry = counts.get(first)
+        if entry is None:
+            entry = counts[first] = [0, 0]
+        entry[0] += 1
+        if first not in deleted_at:
+            entry[1] += 1
     for snapshot_ms, deleted in deleted_at.items():
         if deleted:
             continue
