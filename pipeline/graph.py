@@ -13,9 +13,10 @@ from apache_beam.io.textio import WriteToText
 
 from pipeline.config import ActivationConfig
 from transforms.bundle_files import WriteFilePerBundle
+from transforms.carried_state import ReadCarriedStates, WriteCarriedStates
 from transforms.events import FormatSegmentEvents
 from transforms.kinesis import WriteToKinesisStream
-from transforms.read import ReadSnapshots
+from transforms.read import ReadSnapshots, SnapshotFile
 from transforms.transitions import ComputeSegmentTransitions
 from transforms.watch import DEFAULT_WATCH_INTERVAL_SECONDS, WatchSnapshots
 
@@ -43,6 +44,14 @@ class JobSettings:
     streaming: bool = False
     watch_interval: float | None = None
     max_watch_seconds: float | None = None
+    snapshots_per_run: int | None = None
+    # One run of a split backfill (set by pipeline.backfill, not by flags): its matched
+    # files, the states carried in from the previous run, where to write the states for
+    # the next run and the next run's first snapshot time.
+    files: tuple[SnapshotFile, ...] | None = None
+    seed_state_pattern: str | None = None
+    state_output_prefix: str | None = None
+    carry_until_ms: int | None = None
     # Tests inject a client factory for the sink; never set from the command line.
     kinesis_client_factory: Callable[[], Any] | None = field(default=None, compare=False)
 
@@ -71,11 +80,26 @@ def build_pipeline(
         )
     else:
         read = pipeline | "ReadSnapshots" >> ReadSnapshots(
-            settings.inputs, config, settings.baseline, settings.snapshot_time_field
+            settings.inputs,
+            config,
+            settings.baseline,
+            settings.snapshot_time_field,
+            files=settings.files,
         )
+    seeds = None
+    if settings.seed_state_pattern:
+        seeds = pipeline | "ReadCarriedStates" >> ReadCarriedStates(settings.seed_state_pattern)
     transitions = read["records"] | "ComputeTransitions" >> ComputeSegmentTransitions(
-        config, streaming=settings.streaming, allow_mass_exit=settings.allow_mass_exit
+        config,
+        streaming=settings.streaming,
+        allow_mass_exit=settings.allow_mass_exit,
+        seed_states=seeds,
+        carry_until_ms=settings.carry_until_ms,
     )
+    if settings.state_output_prefix:
+        _ = transitions.states | "WriteCarriedStates" >> WriteCarriedStates(
+            settings.state_output_prefix
+        )
     events = transitions.transitions | "FormatEvents" >> FormatSegmentEvents(config)
     dead_letters = [read["dead_letters"], transitions.dead_letters]
     if settings.output_path:

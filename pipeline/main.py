@@ -18,6 +18,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+from pipeline.backfill import run_split_backfill
 from pipeline.config import ActivationConfig, ConfigError, load_config
 from pipeline.graph import JobSettings, build_pipeline
 from pipeline.options import SegmentEventsOptions
@@ -56,7 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        counters = run_job(settings, config, options)
+        if settings.snapshots_per_run:
+            counters = run_split_backfill(settings, config, options, run_job)
+        else:
+            counters = run_job(settings, config, options)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_FAILED
@@ -166,6 +170,16 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
         )
     if opts.snapshot_time_field is not None and not opts.snapshot_time_field.strip():
         raise UsageError("--snapshot_time_field must not be empty")
+    if opts.snapshots_per_run is not None:
+        if streaming:
+            raise UsageError("--snapshots_per_run only applies to batch runs")
+        if opts.snapshots_per_run < 1:
+            raise UsageError("--snapshots_per_run must be at least 1")
+        if opts.snapshot_time_field is not None:
+            raise UsageError(
+                "--snapshots_per_run cannot be used with --snapshot_time_field: runs are "
+                "planned from the snapshot times in the file paths"
+            )
     config = load_config(opts.config)
     settings = JobSettings(
         inputs=tuple(opts.input),
@@ -184,6 +198,7 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
         streaming=streaming,
         watch_interval=_watch_interval(opts.watch_interval, streaming),
         max_watch_seconds=opts.max_watch_seconds,
+        snapshots_per_run=opts.snapshots_per_run,
     )
     # Match now, so that a wrong pattern or an undated file fails before anything runs.
     # A streaming run watches for snapshots that have not landed yet: nothing to match.

@@ -102,6 +102,16 @@ class SegmentEventsOptions(PipelineOptions):
             "disappear from a snapshot. Default: off (the run fails instead).",
         )
         parser.add_argument(
+            "--snapshots_per_run",
+            type=int,
+            default=None,
+            help="Batch backfills: run the job once per this many consecutive snapshots, "
+            "in time order, each run starting from the profile states the previous one "
+            "left (same events as one run; memory follows this number, not the length of "
+            "the backfill). Needs snapshot times in the paths (no --snapshot_time_field). "
+            "Default: all snapshots in one run.",
+        )
+        parser.add_argument(
             "--watch_interval",
             type=float,
             default=None,

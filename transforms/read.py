@@ -147,6 +147,8 @@ class ReadSnapshots(beam.PTransform):
         config: The activation config (key rule, mapped segments and attributes).
         baseline: ``--baseline`` glob patterns.
         snapshot_time_field: Optional record field holding the snapshot time.
+        files: Already matched files (one run of a split backfill); replaces the
+            patterns, so that file names are never read as globs.
     """
 
     def __init__(
@@ -155,16 +157,21 @@ class ReadSnapshots(beam.PTransform):
         config: ActivationConfig,
         baseline: Sequence[str] = (),
         snapshot_time_field: str | None = None,
+        files: Sequence[SnapshotFile] | None = None,
     ) -> None:
         super().__init__()
         self._inputs = list(inputs)
         self._baseline = list(baseline)
         self._config = config
         self._field = snapshot_time_field
+        self._files = None if files is None else list(files)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
-        files = match_snapshot_files(self._inputs, False, self._field)
-        files += match_snapshot_files(self._baseline, True, self._field)
+        if self._files is not None:
+            files = self._files
+        else:
+            files = match_snapshot_files(self._inputs, False, self._field)
+            files += match_snapshot_files(self._baseline, True, self._field)
         records, dead_letters = [], []
         for kind, is_baseline in (("Input", False), ("Baseline", True)):
             for fmt in ("Avro", "Json", "Parquet"):

@@ -56,6 +56,7 @@ from transforms.memberships import (
     ProfileState,
     Tally,
     Triggers,
+    carried_state,
     mass_exit_counts,
     next_deadline,
     replay_batch,
@@ -75,6 +76,13 @@ _STATE_VERSION = 1
 
 _DEAD = "dead_letters"
 _TTL = "ttl_exits"
+_STATES = "carried_states"
+# The grouped values of a batch run: a record, or the state carried from a previous run
+# of a split backfill, tagged live or gone (so that the guard's pass never decodes it).
+_RECORD_TAG = b"r"
+_LIVE_SEED_TAG = b"L"
+_GONE_SEED_TAG = b"G"
+_SEED_TAGS = (_LIVE_SEED_TAG, _GONE_SEED_TAG)
 
 # Beam's own portable encoding of plain values; used inside bytes state values (the
 # state cell's coder is BytesCoder, so the state cache never walks the object).
@@ -91,10 +99,13 @@ class TransitionsResult(NamedTuple):
     Attributes:
         transitions: ``(profile key, transition)``; see :mod:`transforms.memberships`.
         dead_letters: Dicts ``{"stage", "reason", "error", "file", "raw"}``.
+        states: Batch with ``carry_until_ms``: ``(profile key, encoded state)`` to seed
+            the next run of a split backfill; otherwise ``None``.
     """
 
     transitions: beam.PCollection
     dead_letters: beam.PCollection
+    states: beam.PCollection | None = None
 
 
 # ----------------------------------------------------------------- record encoding
@@ -186,6 +197,11 @@ class ComputeSegmentTransitions(beam.PTransform):
         config: The activation config.
         streaming: Streaming semantics (TTL exits, late data) instead of batch.
         allow_mass_exit: Do not stop at the mass-exit guard (SPEC §7).
+        seed_states: Batch only: ``(profile key, carried state)`` from the previous run
+            of a split backfill (its ``states``; every snapshot of this run is later).
+        carry_until_ms: Batch only: the first snapshot time of the next run of a split
+            backfill; the result's ``states`` then holds what that run needs, as opaque
+            ``bytes`` values for :class:`transforms.carried_state.WriteCarriedStates`.
 
     Returns (from ``expand``):
         A :class:`TransitionsResult` with ``transitions`` and ``dead_letters``.
@@ -197,11 +213,17 @@ class ComputeSegmentTransitions(beam.PTransform):
         streaming: bool = False,
         allow_mass_exit: bool = False,
         label: str | None = None,
+        seed_states: beam.PCollection | None = None,
+        carry_until_ms: int | None = None,
     ) -> None:
         super().__init__(label)
+        if streaming and (seed_states is not None or carry_until_ms is not None):
+            raise ValueError("carried states only apply to batch runs")
         self._config = config
         self._streaming = streaming
         self._allow_mass_exit = allow_mass_exit
+        self._seed_states = seed_states
+        self._carry_until_ms = carry_until_ms
 
     def expand(self, keyed_records: beam.PCollection) -> TransitionsResult:
         records = keyed_records
@@ -220,9 +242,19 @@ class ComputeSegmentTransitions(beam.PTransform):
         # The guard only needs which snapshots each profile is in: a light pass whose
         # verdict is a side input of the replay, so no transition exists (and nothing
         # downstream starts) before it passed.
+        presence = records | "ProfilePresence" >> beam.Map(_presence)
+        grouped = records | "EncodeRecords" >> beam.Map(_encode_keyed).with_output_types(
+            tuple[str, bytes]
+        )
+        if self._seed_states is not None:
+            seeds = self._seed_states
+            presence = (
+                presence,
+                seeds | "SeedPresence" >> beam.Map(_seed_presence),
+            ) | "FlattenPresence" >> beam.Flatten()
+            grouped = (grouped, seeds) | "FlattenSeeds" >> beam.Flatten()
         verdict = (
-            records
-            | "ProfilePresence" >> beam.Map(_presence)
+            presence
             | "GroupPresence" >> beam.GroupByKey()
             | "CountAbsences" >> beam.ParDo(_MassExitCountsFn(), snapshots)
             | "SumAbsences" >> beam.CombineGlobally(_GuardCountsFn())
@@ -230,15 +262,15 @@ class ComputeSegmentTransitions(beam.PTransform):
             >> beam.Map(check_mass_exit, config.max_exit_fraction, self._allow_mass_exit)
         )
         outputs = (
-            records
-            | "EncodeRecords" >> beam.Map(_encode_keyed).with_output_types(tuple[str, bytes])
+            grouped
             | "GroupByProfile" >> beam.GroupByKey()
             | "Replay"
             >> beam.ParDo(
-                _BatchTransitionsFn(config), snapshots, AsSingleton(verdict)
-            ).with_outputs(_DEAD, main="transitions")
+                _BatchTransitionsFn(config, self._carry_until_ms), snapshots, AsSingleton(verdict)
+            ).with_outputs(_DEAD, _STATES, main="transitions")
         )
-        return TransitionsResult(outputs.transitions, outputs[_DEAD])
+        states = outputs[_STATES] if self._carry_until_ms is not None else None
+        return TransitionsResult(outputs.transitions, outputs[_DEAD], states)
 
     def _expand_streaming(self, records: beam.PCollection) -> TransitionsResult:
         config = self._config
@@ -272,7 +304,19 @@ def _identity(element: Any) -> Any:
 
 
 def _encode_keyed(element: tuple[str, dict]) -> tuple[str, bytes]:
-    return element[0], encode_record(element[1])
+    return element[0], _RECORD_TAG + encode_record(element[1])
+
+
+def _seed_presence(element: tuple[str, bytes]) -> tuple[str, tuple[None, bool]]:
+    # (None, live): the profile's state before the run, not a record of a snapshot.
+    tag = element[1][:1]
+    if tag not in _SEED_TAGS:
+        raise ValueError("a carried state file holds a value of an unknown kind")
+    return element[0], (None, tag == _LIVE_SEED_TAG)
+
+
+def _carry(key: str, state: ProfileState) -> tuple[str, bytes]:
+    return key, (_LIVE_SEED_TAG if state.live else _GONE_SEED_TAG) + encode_state(state)
 
 
 # ------------------------------------------------------------------ mass-exit guard
@@ -339,7 +383,14 @@ class _MassExitCountsFn(beam.DoFn):
         if snapshots is not self._times_for:
             self._times_for = snapshots
             self._times = sorted(snapshots)
-        mass_exit_counts(element[1], self._times, snapshots, self._counts)
+        presence = []
+        live_before = False
+        for snapshot_ms, flag in element[1]:
+            if snapshot_ms is None:
+                live_before = live_before or flag  # a carried state: flag = live
+            else:
+                presence.append((snapshot_ms, flag))  # a record: flag = deleted
+        mass_exit_counts(presence, self._times, snapshots, self._counts, live_before)
 
     def finish_bundle(self):
         for snapshot_ms, counts in self._counts.items():
@@ -460,23 +511,36 @@ class _BatchTransitionsFn(_TransitionsFnBase):
       loaded module on each call (``bench/bench_state_cost.py``).
     """
 
-    def __init__(self, config: ActivationConfig) -> None:
+    def __init__(self, config: ActivationConfig, carry_until_ms: int | None = None) -> None:
         super().__init__(config)
+        self._carry_until_ms = carry_until_ms
         self._times_for: Any = None
         self._times: list[int] = []
 
     def process(self, element, snapshots, verdict):
         del verdict  # only read so that the replay waits for the mass-exit guard
-        key, encoded = element
-        records = [decode_record(data) for data in encoded]
+        key, values = element
+        records = []
+        initial = None
+        for data in values:
+            if data[:1] in _SEED_TAGS:
+                initial = decode_state(data[1:])
+            else:
+                records.append(decode_record(data[1:]))
         self._tally.counters["profiles_processed"] += 1
         if snapshots is not self._times_for:
             # The side input is the same object for a whole bundle: sort it once.
             self._times_for = snapshots
             self._times = sorted(snapshots)
-        replay = replay_batch(records, self._times, self._triggers, self._tally, snapshots)
+        replay = replay_batch(
+            records, self._times, self._triggers, self._tally, snapshots, initial=initial
+        )
         for transition in replay.transitions:
             yield (key, transition)
+        if self._carry_until_ms is not None:
+            carried = carried_state(replay.state, self._carry_until_ms)
+            if carried is not None:
+                yield TaggedOutput(_STATES, _carry(key, carried))
 
     def finish_bundle(self):
         self._flush_counters()
