@@ -137,7 +137,6 @@ def run_split_backfill(
                 state_output_prefix=(
                     _state_prefix(state_dir, following.number) if following else None
                 ),
-                carry_until_ms=following.first_ms if following else None,
                 output_path=_run_path(settings.output_path, plan.number),
                 dead_letter_path=_run_path(settings.dead_letter_path, plan.number),
             )

@@ -46,12 +46,11 @@ class JobSettings:
     max_watch_seconds: float | None = None
     snapshots_per_run: int | None = None
     # One run of a split backfill (set by pipeline.backfill, not by flags): its matched
-    # files, the states carried in from the previous run, where to write the states for
-    # the next run and the next run's first snapshot time.
+    # files, the states carried in from the previous run and where to write the states
+    # for the next run.
     files: tuple[SnapshotFile, ...] | None = None
     seed_state_pattern: str | None = None
     state_output_prefix: str | None = None
-    carry_until_ms: int | None = None
     # Tests inject a client factory for the sink; never set from the command line.
     kinesis_client_factory: Callable[[], Any] | None = field(default=None, compare=False)
 
@@ -94,7 +93,7 @@ def build_pipeline(
         streaming=settings.streaming,
         allow_mass_exit=settings.allow_mass_exit,
         seed_states=seeds,
-        carry_until_ms=settings.carry_until_ms,
+        carry_states=settings.state_output_prefix is not None,
     )
     if settings.state_output_prefix:
         _ = transitions.states | "WriteCarriedStates" >> WriteCarriedStates(

@@ -542,21 +542,22 @@ def replay_batch(
     return Replay(state, transitions, [], [])
 
 
-def carried_state(state: ProfileState | None, next_snapshot_ms: int) -> ProfileState | None:
+def carried_state(state: ProfileState | None) -> ProfileState | None:
     """The part of a final state that the next run of a split backfill needs.
 
-    A live profile's state goes on whole. A gone profile's state only keeps retained
-    exited entries, which never change what is emitted; once its retention is over by
-    the next run's first snapshot it is dropped, so no state lives forever (SPEC §4).
+    A live profile's state goes on whole. A gone (deleted or disappeared) profile's
+    state is not carried: it only keeps retained exited entries, and an exited entry
+    never changes what is emitted (a record after it is an entry either way), so the next
+    run treats the profile's return as a first sight with the same events. Batch runs
+    have no late data for the retention to guard against.
 
     Args:
         state: A profile's state after a run.
-        next_snapshot_ms: The first snapshot time of the next run.
 
     Returns:
         The state to seed the next run with, or ``None``.
     """
-    if state is None or (state.gone and next_snapshot_ms >= state.gc_time()):
+    if state is None or state.gone:
         return None
     return state
 

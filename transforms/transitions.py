@@ -99,7 +99,7 @@ class TransitionsResult(NamedTuple):
     Attributes:
         transitions: ``(profile key, transition)``; see :mod:`transforms.memberships`.
         dead_letters: Dicts ``{"stage", "reason", "error", "file", "raw"}``.
-        states: Batch with ``carry_until_ms``: ``(profile key, encoded state)`` to seed
+        states: Batch with ``carry_states``: ``(profile key, encoded state)`` to seed
             the next run of a split backfill; otherwise ``None``.
     """
 
@@ -199,9 +199,9 @@ class ComputeSegmentTransitions(beam.PTransform):
         allow_mass_exit: Do not stop at the mass-exit guard (SPEC §7).
         seed_states: Batch only: ``(profile key, carried state)`` from the previous run
             of a split backfill (its ``states``; every snapshot of this run is later).
-        carry_until_ms: Batch only: the first snapshot time of the next run of a split
-            backfill; the result's ``states`` then holds what that run needs, as opaque
-            ``bytes`` values for :class:`transforms.carried_state.WriteCarriedStates`.
+        carry_states: Batch only: the result's ``states`` holds what the next run of a
+            split backfill needs, as opaque ``bytes`` values for
+            :class:`transforms.carried_state.WriteCarriedStates`.
 
     Returns (from ``expand``):
         A :class:`TransitionsResult` with ``transitions`` and ``dead_letters``.
@@ -214,16 +214,16 @@ class ComputeSegmentTransitions(beam.PTransform):
         allow_mass_exit: bool = False,
         label: str | None = None,
         seed_states: beam.PCollection | None = None,
-        carry_until_ms: int | None = None,
+        carry_states: bool = False,
     ) -> None:
         super().__init__(label)
-        if streaming and (seed_states is not None or carry_until_ms is not None):
+        if streaming and (seed_states is not None or carry_states):
             raise ValueError("carried states only apply to batch runs")
         self._config = config
         self._streaming = streaming
         self._allow_mass_exit = allow_mass_exit
         self._seed_states = seed_states
-        self._carry_until_ms = carry_until_ms
+        self._carry_states = carry_states
 
     def expand(self, keyed_records: beam.PCollection) -> TransitionsResult:
         records = keyed_records
@@ -266,10 +266,10 @@ class ComputeSegmentTransitions(beam.PTransform):
             | "GroupByProfile" >> beam.GroupByKey()
             | "Replay"
             >> beam.ParDo(
-                _BatchTransitionsFn(config, self._carry_until_ms), snapshots, AsSingleton(verdict)
+                _BatchTransitionsFn(config, self._carry_states), snapshots, AsSingleton(verdict)
             ).with_outputs(_DEAD, _STATES, main="transitions")
         )
-        states = outputs[_STATES] if self._carry_until_ms is not None else None
+        states = outputs[_STATES] if self._carry_states else None
         return TransitionsResult(outputs.transitions, outputs[_DEAD], states)
 
     def _expand_streaming(self, records: beam.PCollection) -> TransitionsResult:
@@ -511,9 +511,9 @@ class _BatchTransitionsFn(_TransitionsFnBase):
       loaded module on each call (``bench/bench_state_cost.py``).
     """
 
-    def __init__(self, config: ActivationConfig, carry_until_ms: int | None = None) -> None:
+    def __init__(self, config: ActivationConfig, carry_states: bool = False) -> None:
         super().__init__(config)
-        self._carry_until_ms = carry_until_ms
+        self._carry_states = carry_states
         self._times_for: Any = None
         self._times: list[int] = []
 
@@ -537,8 +537,8 @@ class _BatchTransitionsFn(_TransitionsFnBase):
         )
         for transition in replay.transitions:
             yield (key, transition)
-        if self._carry_until_ms is not None:
-            carried = carried_state(replay.state, self._carry_until_ms)
+        if self._carry_states:
+            carried = carried_state(replay.state)
             if carried is not None:
                 yield TaggedOutput(_STATES, _carry(key, carried))
 
