@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 _RESULT_PREFIX = "BENCH_RESULT "
 # Extra flags for the Beam child (e.g. the scale-out options), passed through the env.
-_BEAM_ARGS_ENV = "BENCH_BEAM_ARGS"
+BEAM_ARGS_ENV = "BENCH_BEAM_ARGS"
 
 
 # ----------------------------------------------------------------------- children
@@ -131,7 +131,7 @@ def beam_job(config_path: str, pattern: str, out_prefix: str) -> dict:
 
     startup = time.perf_counter() - _STARTED
     logging.getLogger().setLevel(logging.ERROR)
-    extra = shlex.split(os.environ.get(_BEAM_ARGS_ENV, ""))
+    extra = shlex.split(os.environ.get(BEAM_ARGS_ENV, ""))
     code = main(["--config", config_path, "--input", pattern, "--output_path", out_prefix, *extra])
     if code != 0:
         raise SystemExit(f"the Beam job failed with exit code {code}")
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         write_snapshots(data, args.profiles, args.snapshots, args.segments, "avro", args.parts)
     pattern = os.path.join(data, "snapshot=*", "part-*.avro")
     work = tempfile.mkdtemp(prefix="bench-transitions-out-")
-    os.environ[_BEAM_ARGS_ENV] = args.beam_args
+    os.environ[BEAM_ARGS_ENV] = args.beam_args
     if args.beam_args:
         print(f"beam job flags: {args.beam_args}", flush=True)
     try:
