@@ -13,7 +13,7 @@ from apache_beam.io.textio import WriteToText
 
 from pipeline.config import ActivationConfig
 from transforms.bundle_files import WriteFilePerBundle
-from transforms.carried_state import ReadCarriedStates, WriteCarriedStates
+from transforms.carried_state import WriteCarriedStates
 from transforms.events import FormatSegmentEvents
 from transforms.kinesis import WriteToKinesisStream
 from transforms.read import ReadSnapshots, SnapshotFile
@@ -84,15 +84,12 @@ def build_pipeline(
             settings.baseline,
             settings.snapshot_time_field,
             files=settings.files,
+            carried_states=settings.seed_state_pattern,
         )
-    seeds = None
-    if settings.seed_state_pattern:
-        seeds = pipeline | "ReadCarriedStates" >> ReadCarriedStates(settings.seed_state_pattern)
     transitions = read["records"] | "ComputeTransitions" >> ComputeSegmentTransitions(
         config,
         streaming=settings.streaming,
         allow_mass_exit=settings.allow_mass_exit,
-        seed_states=seeds,
         carry_states=settings.state_output_prefix is not None,
     )
     if settings.state_output_prefix:

@@ -6,16 +6,29 @@ remember (:func:`transforms.memberships.carried_state`) and the next run starts 
 those states, so the split gives exactly the events of one run over all the snapshots
 while each run only holds its own snapshots (SPEC §4 "Order").
 
-The files are Avro (Beam's Avro IO): one record per profile, the profile key and the
-state in the versioned encoding of :func:`transforms.transitions.encode_state`. They hold
-profile keys and identities, so they are written owner-only (the job's umask) into a
-directory the job creates and removes.
+The files are Avro (written with Beam's Avro IO): one record per profile, the profile
+key and the state in the versioned encoding of :func:`transforms.transitions.encode_state`
+behind a live/gone tag byte. They hold profile keys and identities, so they are written
+owner-only (the job's umask) into a directory the job creates and removes.
+
+The next run reads them with its snapshot files, in the same read step
+(``ReadSnapshots(carried_states=...)``), and they travel among the records as
+``(profile key, {"carried_state": bytes})``: a separate read joined with a Flatten would
+make the local runner copy every record once more (it materialises multi-input
+Flattens).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import apache_beam as beam
-from apache_beam.io.avroio import ReadFromAvro, WriteToAvro
+from apache_beam.io.avroio import WriteToAvro
+
+# The pseudo file format under which ReadSnapshots reads carried state files, and the
+# field of the record it turns each state into.
+CARRIED_STATE_FORMAT = "carried_state"
+CARRIED_STATE_FIELD = "carried_state"
 
 STATE_SCHEMA = {
     "type": "record",
@@ -26,26 +39,6 @@ STATE_SCHEMA = {
         {"name": "state", "type": "bytes"},
     ],
 }
-
-
-class ReadCarriedStates(beam.PTransform):
-    """Reads carried states as ``(profile key, encoded state)``.
-
-    Args:
-        pattern: A glob of the previous run's state files.
-    """
-
-    def __init__(self, pattern: str, label: str | None = None) -> None:
-        super().__init__(label)
-        self._pattern = pattern
-
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        return (
-            pbegin
-            | "ReadStateFiles" >> ReadFromAvro(self._pattern)
-            | "KeyStates"
-            >> beam.Map(lambda row: (row["key"], row["state"])).with_output_types(tuple[str, bytes])
-        )
 
 
 class WriteCarriedStates(beam.PTransform):
@@ -66,3 +59,13 @@ class WriteCarriedStates(beam.PTransform):
             | "WriteStateFiles"
             >> WriteToAvro(self._prefix, schema=STATE_SCHEMA, file_name_suffix=".avro")
         )
+
+
+def carried_state_record(row: dict[str, Any]) -> tuple[str, dict]:
+    """A row of a state file as an element of the records: ``(key, {field: bytes})``."""
+    return row["key"], {CARRIED_STATE_FIELD: row["state"]}
+
+
+def is_carried_state(record: dict) -> bool:
+    """Whether a record of ``ReadSnapshots`` is a carried state, not a snapshot record."""
+    return CARRIED_STATE_FIELD in record

@@ -30,6 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipeline.config import ActivationConfig
+from transforms.carried_state import CARRIED_STATE_FORMAT, carried_state_record
 from transforms.profiles import RecordError, to_profile_record
 from transforms.snapshot_time import require_snapshot_time, snapshot_time_from_path
 from transforms.timestamps import TimestampError, parse_timestamp
@@ -149,6 +150,14 @@ class ReadSnapshots(beam.PTransform):
         snapshot_time_field: Optional record field holding the snapshot time.
         files: Already matched files (one run of a split backfill); replaces the
             patterns, so that file names are never read as globs.
+        carried_states: A glob of the profile states carried from the previous run of a
+            split backfill (:mod:`transforms.carried_state`). They come out among the
+            records, as ``(profile key, carried state record)``.
+
+    Every file goes through one read branch (one list, one reshuffle, one read and one
+    parse step), whatever its format: the local runner materialises every multi-input
+    Flatten as an extra copy of its whole input, so records of several formats, or
+    records and carried states, must not meet in a Flatten before the GroupByKey.
     """
 
     def __init__(
@@ -158,6 +167,7 @@ class ReadSnapshots(beam.PTransform):
         baseline: Sequence[str] = (),
         snapshot_time_field: str | None = None,
         files: Sequence[SnapshotFile] | None = None,
+        carried_states: str | None = None,
     ) -> None:
         super().__init__()
         self._inputs = list(inputs)
@@ -165,6 +175,7 @@ class ReadSnapshots(beam.PTransform):
         self._config = config
         self._field = snapshot_time_field
         self._files = None if files is None else list(files)
+        self._carried_states = carried_states
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         if self._files is not None:
@@ -172,30 +183,30 @@ class ReadSnapshots(beam.PTransform):
         else:
             files = match_snapshot_files(self._inputs, False, self._field)
             files += match_snapshot_files(self._baseline, True, self._field)
-        records, dead_letters = [], []
-        for kind, is_baseline in (("Input", False), ("Baseline", True)):
-            for fmt in ("Avro", "Json", "Parquet"):
-                paths = [
-                    f.path for f in files if f.baseline == is_baseline and f.format == fmt.lower()
-                ]
-                if not paths:
-                    continue
-                parsed = (
-                    pbegin
-                    | f"List{kind}{fmt}Files" >> beam.Create(paths)
-                    | f"Spread{kind}{fmt}Files" >> beam.Reshuffle()
-                    | f"Read{kind}{fmt}" >> beam.ParDo(_ReadFileFn(fmt.lower()))
-                    | f"Parse{kind}{fmt}Records"
-                    >> beam.ParDo(
-                        _ParseRecordFn(fmt.lower(), is_baseline, self._config, self._field)
-                    ).with_outputs(DEAD_LETTER_TAG, main="records")
-                )
-                records.append(parsed.records)
-                dead_letters.append(parsed[DEAD_LETTER_TAG])
-        return {
-            "records": records | "FlattenRecords" >> beam.Flatten(),
-            "dead_letters": dead_letters | "FlattenReadDeadLetters" >> beam.Flatten(),
-        }
+        listed = [(f.path, f.format, f.baseline) for f in files]
+        if self._carried_states:
+            listed += [(path, CARRIED_STATE_FORMAT, False) for path in _match(self._carried_states)]
+        parsed = (
+            pbegin
+            | "ListSnapshotFiles" >> beam.Create(listed)
+            | "SpreadSnapshotFiles" >> beam.Reshuffle()
+            | "ReadSnapshotFiles" >> beam.ParDo(_ReadFileFn())
+            | "ParseSnapshotRecords"
+            >> beam.ParDo(_ParseRecordFn(None, False, self._config, self._field)).with_outputs(
+                DEAD_LETTER_TAG, main="records"
+            )
+        )
+        return {"records": parsed.records, "dead_letters": parsed[DEAD_LETTER_TAG]}
+
+
+def _match(pattern: str) -> list[str]:
+    try:
+        metadata = FileSystems.match([pattern])[0].metadata_list
+    except Exception as err:  # noqa: BLE001 - filesystems raise many kinds
+        raise InputError(f"{pattern}: cannot list files: {err}") from None
+    if not metadata:
+        raise InputError(f"{pattern}: no carried state file")
+    return sorted(m.path for m in metadata)
 
 
 # Rows per pyarrow record batch: bounds the memory of one Parquet read step.
@@ -204,6 +215,10 @@ _PARQUET_BATCH_ROWS = 1024
 
 class _ReadFileFn(beam.DoFn):
     """Reads one snapshot file; yields ``(path, raw record)``.
+
+    Built with a format, it reads paths of that format. Built without (``fmt=None``), it
+    reads ``(path, format, baseline)`` elements and yields that tuple in place of the
+    path.
 
     Raw records are ``bytes`` lines for JSON (a line that is not UTF-8 must become a dead
     letter, not a crash; blank lines are skipped), dicts for Avro, and dicts with MAP
@@ -214,19 +229,23 @@ class _ReadFileFn(beam.DoFn):
             format (corrupt, truncated, wrong format).
     """
 
-    def __init__(self, fmt: str) -> None:
+    def __init__(self, fmt: str | None = None) -> None:
         self._format = fmt
 
-    def process(self, path: str) -> Iterator[tuple[str, Any]]:
+    def process(self, element: Any) -> Iterator[tuple[Any, Any]]:
+        if self._format is None:
+            path, fmt, _ = element
+        else:
+            path, fmt = element, self._format
         try:
             handle = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
         except Exception as err:  # noqa: BLE001 - filesystems raise many kinds
             raise InputFileError(f"{path}: cannot open the file: {_detail(err)}") from None
-        kind = "gzip" if self._format == "json" and path.lower().endswith(".gz") else self._format
+        kind = "gzip" if fmt == "json" and path.lower().endswith(".gz") else fmt
         with handle:
             try:
-                for raw in _RECORD_READERS[self._format](handle, path):
-                    yield path, raw
+                for raw in _RECORD_READERS[fmt](handle, path):
+                    yield element, raw
             except Exception as err:  # noqa: BLE001 - fastavro, pyarrow, gzip raise many kinds
                 # Only this file's decoding fails here: an error of a downstream step is
                 # raised where it happens, never into this generator.
@@ -257,7 +276,12 @@ def _parquet_rows(handle: Any, path: str) -> Iterator[dict]:
         yield from batch.to_pylist()
 
 
-_RECORD_READERS = {"json": _json_lines, "avro": _avro_records, "parquet": _parquet_rows}
+_RECORD_READERS = {
+    "json": _json_lines,
+    "avro": _avro_records,
+    "parquet": _parquet_rows,
+    CARRIED_STATE_FORMAT: _avro_records,
+}
 
 
 def _detail(err: BaseException) -> str:
@@ -267,11 +291,15 @@ def _detail(err: BaseException) -> str:
 
 
 class _ParseRecordFn(beam.DoFn):
-    """Decodes and validates one raw record; bad ones go to the dead-letter output."""
+    """Decodes and validates one raw record; bad ones go to the dead-letter output.
+
+    With ``fmt=None`` the format and the baseline flag come with each element (see
+    :class:`_ReadFileFn`); carried states pass through as carried state records.
+    """
 
     def __init__(
         self,
-        fmt: str,
+        fmt: str | None,
         baseline: bool,
         config: ActivationConfig,
         snapshot_time_field: str | None,
@@ -284,13 +312,20 @@ class _ParseRecordFn(beam.DoFn):
         self._dead = Metrics.counter(METRICS_NAMESPACE, "records_dead_lettered")
         self._path_times: dict[str, int | None] = {}
 
-    def process(self, element: tuple[str, Any]):
-        path, raw = element
+    def process(self, element: tuple[Any, Any]):
+        source, raw = element
+        if self._format is None:
+            path, fmt, baseline = source
+        else:
+            path, fmt, baseline = source, self._format, self._baseline
+        if fmt == CARRIED_STATE_FORMAT:
+            yield carried_state_record(raw)
+            return
         self._records.inc()
         try:
-            record = self._decode(raw)
+            record = self._decode(raw, fmt)
             snapshot_ms = self._snapshot_time(path, record)
-            yield to_profile_record(record, self._config, snapshot_ms, path, self._baseline)
+            yield to_profile_record(record, self._config, snapshot_ms, path, baseline)
         except RecordError as err:
             self._dead.inc()
             yield beam.pvalue.TaggedOutput(
@@ -298,8 +333,8 @@ class _ParseRecordFn(beam.DoFn):
                 {"stage": "read", "reason": str(err), "file": path, "raw": _raw_text(raw)},
             )
 
-    def _decode(self, raw: Any) -> Any:
-        if self._format == "json":
+    def _decode(self, raw: Any, fmt: str) -> Any:
+        if fmt == "json":
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
@@ -312,7 +347,7 @@ class _ParseRecordFn(beam.DoFn):
                 raise RecordError(
                     f"line is not valid JSON: {err.msg} at column {err.colno}"
                 ) from None
-        if self._format == "parquet":
+        if fmt == "parquet":
             return _maps_to_dicts(raw)
         return raw
 

@@ -12,6 +12,11 @@ Batch (``streaming=False``)::
     records --encode_record--> (key, bytes) --GroupByKey--> (key, its whole history)
             --_BatchTransitionsFn--> transitions
 
+  In a run of a split backfill (``--snapshots_per_run``) the states carried from the
+  previous run come among the records (``ReadSnapshots(carried_states=...)``) and join
+  both groupings; the replay also emits the final states of live profiles for the next
+  run (``carry_states``).
+
   Records cross the GroupByKey as compact ``bytes`` (:func:`encode_record`): the local
   runner holds a shuffle in memory as decoded values, and a dict tree per record costs
   several times its encoding. Each key arrives once with every record of the run; the
@@ -51,6 +56,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline.config import ActivationConfig
+from transforms.carried_state import CARRIED_STATE_FIELD, is_carried_state
 from transforms.memberships import (
     RETENTION_MS,
     ProfileState,
@@ -197,8 +203,6 @@ class ComputeSegmentTransitions(beam.PTransform):
         config: The activation config.
         streaming: Streaming semantics (TTL exits, late data) instead of batch.
         allow_mass_exit: Do not stop at the mass-exit guard (SPEC §7).
-        seed_states: Batch only: ``(profile key, carried state)`` from the previous run
-            of a split backfill (its ``states``; every snapshot of this run is later).
         carry_states: Batch only: the result's ``states`` holds what the next run of a
             split backfill needs, as opaque ``bytes`` values for
             :class:`transforms.carried_state.WriteCarriedStates`.
@@ -213,16 +217,14 @@ class ComputeSegmentTransitions(beam.PTransform):
         streaming: bool = False,
         allow_mass_exit: bool = False,
         label: str | None = None,
-        seed_states: beam.PCollection | None = None,
         carry_states: bool = False,
     ) -> None:
         super().__init__(label)
-        if streaming and (seed_states is not None or carry_states):
+        if streaming and carry_states:
             raise ValueError("carried states only apply to batch runs")
         self._config = config
         self._streaming = streaming
         self._allow_mass_exit = allow_mass_exit
-        self._seed_states = seed_states
         self._carry_states = carry_states
 
     def expand(self, keyed_records: beam.PCollection) -> TransitionsResult:
@@ -246,13 +248,6 @@ class ComputeSegmentTransitions(beam.PTransform):
         grouped = records | "EncodeRecords" >> beam.Map(_encode_keyed).with_output_types(
             tuple[str, bytes]
         )
-        if self._seed_states is not None:
-            seeds = self._seed_states
-            presence = (
-                presence,
-                seeds | "SeedPresence" >> beam.Map(_seed_presence),
-            ) | "FlattenPresence" >> beam.Flatten()
-            grouped = (grouped, seeds) | "FlattenSeeds" >> beam.Flatten()
         verdict = (
             presence
             | "GroupPresence" >> beam.GroupByKey()
@@ -304,15 +299,17 @@ def _identity(element: Any) -> Any:
 
 
 def _encode_keyed(element: tuple[str, dict]) -> tuple[str, bytes]:
-    return element[0], _RECORD_TAG + encode_record(element[1])
+    key, record = element
+    if is_carried_state(record):
+        return key, _carried_bytes(record)
+    return key, _RECORD_TAG + encode_record(record)
 
 
-def _seed_presence(element: tuple[str, bytes]) -> tuple[str, tuple[None, bool]]:
-    # (None, live): the profile's state before the run, not a record of a snapshot.
-    tag = element[1][:1]
-    if tag not in _SEED_TAGS:
+def _carried_bytes(record: dict) -> bytes:
+    data = record[CARRIED_STATE_FIELD]
+    if data[:1] not in _SEED_TAGS:
         raise ValueError("a carried state file holds a value of an unknown kind")
-    return element[0], (None, tag == _LIVE_SEED_TAG)
+    return data
 
 
 def _carry(key: str, state: ProfileState) -> tuple[str, bytes]:
@@ -366,8 +363,11 @@ def check_mass_exit(
     )
 
 
-def _presence(element: tuple[str, dict]) -> tuple[str, tuple[int, bool]]:
+def _presence(element: tuple[str, dict]) -> tuple[str, tuple[int | None, bool]]:
     key, record = element
+    if is_carried_state(record):
+        # (None, live): the profile's state before the run, not a snapshot's record.
+        return key, (None, _carried_bytes(record)[:1] == _LIVE_SEED_TAG)
     return key, (record["snapshot_ms"], bool(record.get("deleted", False)))
 
 
@@ -405,6 +405,8 @@ class _SnapshotTimesFn(beam.CombineFn):
 
     def add_input(self, accumulator: dict[int, bool], element: tuple) -> dict[int, bool]:
         record = element[1]
+        if is_carried_state(record):
+            return accumulator
         snapshot_ms = record["snapshot_ms"]
         if not accumulator.get(snapshot_ms, False):
             accumulator[snapshot_ms] = bool(record.get("baseline", False))
