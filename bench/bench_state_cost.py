@@ -8,7 +8,7 @@ Where the time goes: on every state cache load or write the SDK sizes the value 
 ``objsize.get_deep_size``, which first collects the globals of *every loaded module*
 (``sys.modules``) into an exclude set. The cost per state access therefore grows with
 the number of imported modules (~2,000 in this job: Beam, boto3, pyarrow), not with the
-value: a 50-byte ``bytes`` value costs the same ~1.7 ms as a large one.
+value: a 50-byte ``bytes`` value costs the same ~2 ms as a large one.
 
     python bench/bench_state_cost.py [--keys 20000] [--modes plain,bag_add,bag_read,rmw_write]
                                      [--state_cache on|off|both]

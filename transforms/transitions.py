@@ -508,7 +508,7 @@ class _BatchTransitionsFn(_TransitionsFnBase):
       GroupByKey cannot work in Python: a timer callback cannot read side inputs
       (``invoke_timer_callback`` in ``apache_beam/runners/common.py``, "TODO: support
       side inputs"), and the replay needs the run's snapshot times;
-    * each state access through the SDK's state cache costs ~1.7 ms on this machine:
+    * each state access through the SDK's state cache costs ~2 ms on this machine:
       the cache sizes every value with ``objsize``, which walks the globals of every
       loaded module on each call (``bench/bench_state_cost.py``).
     """
