@@ -590,13 +590,7 @@ def mass_exit_counts(
     for snapshot_ms, deleted in presence:
         deleted_at[snapshot_ms] = deleted_at.get(snapshot_ms, False) or bool(deleted)
     if live_before and snapshot_times and not _lookup(baseline_times, snapshot_times[0]):
-        first = snapshot_times[0]
-        entry = counts.get(first)
-        if entry is None:
-            entry = counts[first] = [0, 0]
-        entry[0] += 1
-        if first not in deleted_at:
-            entry[1] += 1
+        _count_tracked(counts, snapshot_times[0], snapshot_times[0] not in deleted_at)
     for snapshot_ms, deleted in deleted_at.items():
         if deleted:
             continue
@@ -606,12 +600,16 @@ def mass_exit_counts(
         following = snapshot_times[index]
         if _lookup(baseline_times, following):
             continue
-        entry = counts.get(following)
-        if entry is None:
-            entry = counts[following] = [0, 0]
-        entry[0] += 1
-        if following not in deleted_at:
-            entry[1] += 1
+        _count_tracked(counts, following, following not in deleted_at)
+
+
+def _count_tracked(counts: dict[int, list[int]], snapshot_ms: int, absent: bool) -> None:
+    entry = counts.get(snapshot_ms)
+    if entry is None:
+        entry = counts[snapshot_ms] = [0, 0]
+    entry[0] += 1
+    if absent:
+        entry[1] += 1
 
 
 def replay_stream(
