@@ -8,7 +8,7 @@ while each run only holds its own snapshots (SPEC §4 "Order").
 
 The files are Avro (written with Beam's Avro IO): one record per profile, the profile
 key and the state in the versioned encoding of :func:`transforms.transitions.encode_state`
-behind a live/gone tag byte. They hold profile keys and identities, so they are written
+behind a tag byte. They hold profile keys and identities, so they are written
 owner-only (the job's umask) into a directory the job creates and removes.
 
 The next run reads them with its snapshot files, in the same read step

@@ -83,12 +83,11 @@ _STATE_VERSION = 1
 _DEAD = "dead_letters"
 _TTL = "ttl_exits"
 _STATES = "carried_states"
-# The grouped values of a batch run: a record, or the state carried from a previous run
-# of a split backfill, tagged live or gone (so that the guard's pass never decodes it).
+# The grouped values of a batch run: a record, or the state of a live profile carried
+# from a previous run of a split backfill (only live ones are carried: the guard's pass
+# counts them as tracked without decoding them).
 _RECORD_TAG = b"r"
-_LIVE_SEED_TAG = b"L"
-_GONE_SEED_TAG = b"G"
-_SEED_TAGS = (_LIVE_SEED_TAG, _GONE_SEED_TAG)
+_CARRIED_TAG = b"L"
 
 # Beam's own portable encoding of plain values; used inside bytes state values (the
 # state cell's coder is BytesCoder, so the state cache never walks the object).
@@ -307,13 +306,13 @@ def _encode_keyed(element: tuple[str, dict]) -> tuple[str, bytes]:
 
 def _carried_bytes(record: dict) -> bytes:
     data = record[CARRIED_STATE_FIELD]
-    if data[:1] not in _SEED_TAGS:
+    if data[:1] != _CARRIED_TAG:
         raise ValueError("a carried state file holds a value of an unknown kind")
     return data
 
 
 def _carry(key: str, state: ProfileState) -> tuple[str, bytes]:
-    return key, (_LIVE_SEED_TAG if state.live else _GONE_SEED_TAG) + encode_state(state)
+    return key, _CARRIED_TAG + encode_state(state)
 
 
 # ------------------------------------------------------------------ mass-exit guard
@@ -367,7 +366,8 @@ def _presence(element: tuple[str, dict]) -> tuple[str, tuple[int | None, bool]]:
     key, record = element
     if is_carried_state(record):
         # (None, live): the profile's state before the run, not a snapshot's record.
-        return key, (None, _carried_bytes(record)[:1] == _LIVE_SEED_TAG)
+        _carried_bytes(record)  # checks the tag
+        return key, (None, True)
     return key, (record["snapshot_ms"], bool(record.get("deleted", False)))
 
 
@@ -525,7 +525,7 @@ class _BatchTransitionsFn(_TransitionsFnBase):
         records = []
         initial = None
         for data in values:
-            if data[:1] in _SEED_TAGS:
+            if data[:1] == _CARRIED_TAG:
                 initial = decode_state(data[1:])
             else:
                 records.append(decode_record(data[1:]))
