@@ -1,0 +1,1 @@
+"""Local Flink for the engine tests and ``run_local.sh --flink/--flink-cluster``."""

@@ -1,0 +1,439 @@
+"""A local Flink for the job: an embedded job server, or a standalone cluster.
+
+Beam's Flink job-server jars are not served by the Maven mirror of this machine, but
+the Beam 2.50 Flink 1.16 runner and Beam's Java job service are, with every dependency
+(``pom.xml`` beside this file). That one classpath runs:
+
+* the job server (``FlinkJobServerDriver``) with an embedded Flink (``[local]``): the
+  Python SDK submits with ``--runner PortableRunner --environment_type LOOPBACK``;
+* a standalone session cluster, without a Flink distribution: one JobManager
+  (``StandaloneSessionClusterEntrypoint``), TaskManagers (``TaskManagerRunner``), a job
+  server pointed at the JobManager's REST port, and a Python SDK worker pool that the
+  TaskManagers reach with ``--environment_type EXTERNAL``.
+
+Every process binds free loopback ports, writes a log under the state folder, and is
+stopped by the PID recorded in ``services.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tools.procs import ProcessError, free_port, log_tail, port_open, spawn, stop_pid, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+POM = Path(__file__).resolve().with_name("pom.xml")
+CACHE = Path(os.environ.get("FLINK_TOOLS_HOME", ROOT / ".cache" / "flink"))
+STATE_FILE = "services.json"
+# Flink 1.16 on Java 17 reflects into these java.base packages.
+_OPENS = (
+    "java.lang",
+    "java.util",
+    "java.lang.reflect",
+    "java.io",
+    "java.net",
+    "java.nio",
+    "sun.nio.ch",
+    "java.util.concurrent",
+    "java.util.concurrent.atomic",
+    "java.text",
+    "java.time",
+)
+JVM_FLAGS = (
+    *(f"--add-opens=java.base/{pkg}=ALL-UNNAMED" for pkg in _OPENS),
+    # Without it the JobManager and TaskManager die with IllegalAccessError (NetUtils).
+    "--add-exports=java.base/sun.net.util=ALL-UNNAMED",
+)
+# Measured here: these settings start a TaskManager without Flink's shell scripts (which
+# would derive them). Network memory: 64m was too little for parallelism 2, and 256m too
+# little for the whole job with the Kinesis sink and file outputs ("Insufficient number
+# of network buffers: required 512, but only 476 available"); 512m runs it.
+TASKMANAGER_CONF = {
+    "taskmanager.cpu.cores": "2",
+    "taskmanager.memory.framework.heap.size": "128m",
+    "taskmanager.memory.task.heap.size": "384m",
+    "taskmanager.memory.managed.size": "128m",
+    "taskmanager.memory.framework.off-heap.size": "128m",
+    "taskmanager.memory.task.off-heap.size": "0m",
+    "taskmanager.memory.network.min": "512m",
+    "taskmanager.memory.network.max": "512m",
+    "taskmanager.memory.jvm-metaspace.size": "256m",
+    "taskmanager.memory.jvm-overhead.min": "192m",
+    "taskmanager.memory.jvm-overhead.max": "192m",
+}
+TASKMANAGER_JVM = (
+    "-Xmx512m",
+    "-Xms512m",
+    "-XX:MaxDirectMemorySize=700m",
+    "-XX:MaxMetaspaceSize=256m",
+)
+JOBMANAGER_JVM = ("-Xmx512m", "-Xms512m")
+STARTUP_TIMEOUT = 120.0
+
+
+class FlinkToolsError(RuntimeError):
+    """The classpath could not be fetched or a service did not start."""
+
+
+def lib_dir() -> Path:
+    return CACHE / "lib"
+
+
+def _pom_digest() -> str:
+    return hashlib.sha256(POM.read_bytes()).hexdigest()[:16]
+
+
+def fetch_classpath(quiet: bool = False) -> Path:
+    """Copies the job server's jars into ``.cache/flink/lib`` (once per pom change)."""
+    lib = lib_dir()
+    stamp = lib / f".complete-{_pom_digest()}"
+    if stamp.exists():
+        return lib
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise FlinkToolsError("mvn (Maven) is needed to fetch the Flink job server's jars")
+    tmp = CACHE / "lib.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if not quiet:
+        print(
+            f"==> fetching the Flink job server's jars into {lib} (about a minute)",
+            file=sys.stderr,
+            flush=True,
+        )
+    result = subprocess.run(
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(POM),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={tmp}",
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
+        raise FlinkToolsError(f"mvn dependency:copy-dependencies failed:\n{tail}")
+    shutil.rmtree(lib, ignore_errors=True)
+    tmp.rename(lib)
+    stamp.touch()
+    return lib
+
+
+def _java() -> str:
+    home = os.environ.get("FLINK_JAVA_HOME")
+    if home:
+        return str(Path(home) / "bin" / "java")
+    java = shutil.which("java")
+    if java is None:
+        raise FlinkToolsError("java (17) is needed to run Flink")
+    return java
+
+
+def _java_cmd(main_class: str, jvm: tuple[str, ...], args: list[str]) -> list[str]:
+    return [
+        _java(),
+        *jvm,
+        *JVM_FLAGS,
+        "-Dorg.slf4j.simpleLogger.showDateTime=true",
+        "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSS",
+        "-cp",
+        f"{lib_dir()}/*",
+        main_class,
+        *args,
+    ]
+
+
+@dataclasses.dataclass
+class Service:
+    name: str
+    pid: int
+    log: str
+
+
+@dataclasses.dataclass
+class FlinkServices:
+    """The processes of one local Flink set-up and how a pipeline reaches them.
+
+    Attributes:
+        state_dir: Folder with the logs, the Flink configs and ``services.json``.
+        mode: ``embedded`` or ``cluster``.
+        job_endpoint: ``localhost:PORT`` of the job server.
+        rest_port: The JobManager's REST port (cluster only).
+        worker_pool: ``localhost:PORT`` of the Python SDK worker pool (cluster only).
+        services: Every started process, in start order.
+    """
+
+    state_dir: str
+    mode: str
+    job_endpoint: str = ""
+    rest_port: int | None = None
+    worker_pool: str | None = None
+    services: list[Service] = dataclasses.field(default_factory=list)
+
+    def pipeline_args(self, parallelism: int = 2) -> list[str]:
+        """The Beam flags that submit a pipeline to this Flink."""
+        args = [
+            "--runner",
+            "PortableRunner",
+            "--job_endpoint",
+            self.job_endpoint,
+            "--parallelism",
+            str(parallelism),
+        ]
+        if self.worker_pool:
+            args += ["--environment_type", "EXTERNAL", "--environment_config", self.worker_pool]
+        else:
+            args += ["--environment_type", "LOOPBACK"]
+        return args
+
+    def pid_of(self, name: str) -> int:
+        return next(s.pid for s in self.services if s.name == name)
+
+    def logs(self) -> str:
+        """The tail of every service's log, for a failure message."""
+        return "\n".join(
+            f"--- {s.name} (pid {s.pid}) {s.log}\n{log_tail(Path(s.log), 30)}"
+            for s in self.services
+        )
+
+    def save(self) -> None:
+        path = Path(self.state_dir) / STATE_FILE
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, state_dir: Path) -> FlinkServices:
+        data = json.loads((Path(state_dir) / STATE_FILE).read_text())
+        data["services"] = [Service(**s) for s in data["services"]]
+        return cls(**data)
+
+    def stop(self) -> None:
+        """Stops every process by its PID, the last started first."""
+        for service in reversed(self.services):
+            stop_pid(service.pid)
+
+    def _start(self, name: str, cmd: list[str], env: dict[str, str] | None = None):
+        log = Path(self.state_dir) / f"{name}.log"
+        proc = spawn(cmd, log, env=env)
+        self.services.append(Service(name, proc.pid, str(log)))
+        self.save()
+        return proc
+
+
+def _write_conf(folder: Path, conf: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "flink-conf.yaml").write_text("".join(f"{k}: {v}\n" for k, v in conf.items()))
+    return folder
+
+
+def _start_job_server(services: FlinkServices, flink_master: str, quiet: bool) -> None:
+    job_port, artifact_port, expansion_port = free_port(), free_port(), free_port()
+    proc = services._start(
+        "job-server",
+        _java_cmd(
+            "org.apache.beam.runners.flink.FlinkJobServerDriver",
+            ("-Xmx1g",),
+            [
+                f"--flink-master={flink_master}",
+                "--job-host=localhost",
+                f"--job-port={job_port}",
+                f"--artifact-port={artifact_port}",
+                f"--expansion-port={expansion_port}",
+            ],
+        ),
+    )
+    services.job_endpoint = f"localhost:{job_port}"
+    services.save()
+    wait_until(
+        f"the Flink job server on localhost:{job_port}",
+        lambda: port_open(job_port),
+        pid=proc.pid,
+        log_path=Path(services.services[-1].log),
+        timeout=STARTUP_TIMEOUT,
+        quiet=quiet,
+    )
+
+
+def _registered_taskmanagers(rest_port: int) -> int:
+    try:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{rest_port}/taskmanagers", timeout=2
+        ) as response:
+            return len(json.load(response).get("taskmanagers", []))
+    except (OSError, ValueError):
+        return 0
+
+
+def start_taskmanager(
+    services: FlinkServices,
+    index: int,
+    slots: int = 2,
+    extra_conf: dict[str, str] | None = None,
+    quiet: bool = False,
+) -> int:
+    """Starts TaskManager ``tm-<index>`` and waits until the JobManager counts it."""
+    state = Path(services.state_dir)
+    jm_conf = (state / "jobmanager" / "flink-conf.yaml").read_text()
+    conf = dict(line.split(": ", 1) for line in jm_conf.splitlines() if ": " in line)
+    conf.update(TASKMANAGER_CONF)
+    conf.update(
+        {
+            "taskmanager.numberOfTaskSlots": str(slots),
+            "taskmanager.host": "localhost",
+            "taskmanager.bind-host": "localhost",
+            "taskmanager.resource-id": f"tm-{index}",
+        }
+    )
+    conf.update(extra_conf or {})
+    folder = _write_conf(state / f"tm-{index}", conf)
+    before = _registered_taskmanagers(services.rest_port or 0)
+    name = f"taskmanager-{index}"
+    proc = services._start(
+        name,
+        _java_cmd(
+            "org.apache.flink.runtime.taskexecutor.TaskManagerRunner",
+            TASKMANAGER_JVM,
+            ["--configDir", str(folder)],
+        ),
+    )
+    wait_until(
+        f"TaskManager {index} to register with the JobManager",
+        lambda: _registered_taskmanagers(services.rest_port or 0) > before,
+        pid=proc.pid,
+        log_path=Path(services.services[-1].log),
+        timeout=STARTUP_TIMEOUT,
+        quiet=quiet,
+    )
+    return proc.pid
+
+
+def start_embedded(state_dir: Path, quiet: bool = False) -> FlinkServices:
+    """Starts a job server with an embedded Flink (``[local]``) for LOOPBACK pipelines."""
+    fetch_classpath(quiet)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    services = FlinkServices(str(state_dir), "embedded")
+    try:
+        _start_job_server(services, "[local]", quiet)
+    except BaseException:
+        services.stop()
+        raise
+    return services
+
+
+def start_cluster(
+    state_dir: Path,
+    *,
+    taskmanagers: int = 2,
+    slots: int = 2,
+    extra_conf: dict[str, str] | None = None,
+    quiet: bool = False,
+) -> FlinkServices:
+    """Starts a JobManager, ``taskmanagers`` TaskManagers, a job server and a worker pool."""
+    fetch_classpath(quiet)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    services = FlinkServices(str(state_dir), "cluster")
+    try:
+        rest_port = free_port()
+        conf = {
+            "jobmanager.rpc.address": "localhost",
+            "jobmanager.rpc.port": str(free_port()),
+            "jobmanager.bind-host": "localhost",
+            "rest.address": "localhost",
+            "rest.bind-address": "localhost",
+            "rest.port": str(rest_port),
+            "blob.server.port": str(free_port()),
+            "jobmanager.memory.process.size": "1024m",
+            "parallelism.default": "1",
+            **(extra_conf or {}),
+        }
+        folder = _write_conf(state_dir / "jobmanager", conf)
+        services.rest_port = rest_port
+        proc = services._start(
+            "jobmanager",
+            _java_cmd(
+                "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint",
+                JOBMANAGER_JVM,
+                ["--configDir", str(folder)],
+            ),
+        )
+        wait_until(
+            f"the Flink JobManager's REST API on localhost:{rest_port}",
+            lambda: _rest_ok(rest_port),
+            pid=proc.pid,
+            log_path=Path(services.services[-1].log),
+            timeout=STARTUP_TIMEOUT,
+            quiet=quiet,
+        )
+        for index in range(taskmanagers):
+            start_taskmanager(services, index, slots, extra_conf, quiet)
+        _start_worker_pool(services, quiet)
+        _start_job_server(services, f"localhost:{rest_port}", quiet)
+    except BaseException:
+        services.stop()
+        raise
+    return services
+
+
+def _rest_ok(rest_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/overview", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _start_worker_pool(services: FlinkServices, quiet: bool) -> None:
+    port = free_port()
+    env = dict(os.environ)
+    # The pool starts each worker as a bare `python`: this interpreter's folder (the
+    # project's virtualenv) must come first on PATH, or workers lack apache_beam.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    proc = services._start(
+        "worker-pool",
+        [
+            sys.executable,
+            "-m",
+            "apache_beam.runners.worker.worker_pool_main",
+            f"--service_port={port}",
+        ],
+        env=env,
+    )
+    services.worker_pool = f"localhost:{port}"
+    services.save()
+    wait_until(
+        f"the Python SDK worker pool on localhost:{port}",
+        lambda: port_open(port),
+        pid=proc.pid,
+        log_path=Path(services.services[-1].log),
+        timeout=STARTUP_TIMEOUT,
+        quiet=quiet,
+    )
+
+
+def wait_for_job_state(rest_port: int, states: set[str], timeout: float) -> list[dict]:
+    """Polls the JobManager until a job is in one of ``states``; returns the job list."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/jobs", timeout=2) as r:
+                jobs = json.load(r).get("jobs", [])
+        except (OSError, ValueError):
+            jobs = []
+        if any(job["status"] in states for job in jobs):
+            return jobs
+        if time.monotonic() > deadline:
+            raise ProcessError(f"no Flink job reached {sorted(states)} in {timeout:.0f}s: {jobs}")
+        time.sleep(0.2)  # poll interval
