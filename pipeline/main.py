@@ -182,8 +182,8 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
             )
     config = load_config(opts.config)
     settings = JobSettings(
-        inputs=tuple(opts.input),
-        baseline=tuple(opts.baseline or ()),
+        inputs=tuple(absolute_path(p) for p in opts.input),
+        baseline=tuple(absolute_path(p) for p in opts.baseline or ()),
         snapshot_time_field=opts.snapshot_time_field,
         kinesis_stream=opts.kinesis_stream,
         kinesis_region=region,
@@ -192,8 +192,8 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
         kinesis_max_records_per_second=opts.kinesis_max_records_per_second,
         kinesis_aggregate=opts.kinesis_aggregate,
         kinesis_max_record_bytes=opts.kinesis_max_record_bytes,
-        output_path=opts.output_path,
-        dead_letter_path=opts.dead_letter_path,
+        output_path=absolute_path(opts.output_path),
+        dead_letter_path=absolute_path(opts.dead_letter_path),
         allow_mass_exit=opts.allow_mass_exit,
         streaming=streaming,
         watch_interval=_watch_interval(opts.watch_interval, streaming),
@@ -206,6 +206,20 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
         match_snapshot_files(settings.inputs, False, settings.snapshot_time_field)
     match_snapshot_files(settings.baseline, True, settings.snapshot_time_field)
     return settings, config, options
+
+
+def absolute_path(path: str | None) -> str | None:
+    """A local path or glob made absolute against the submitter's working directory.
+
+    Workers on a cluster (Flink TaskManagers, SDK worker pools, Dataflow VMs) do not share
+    the submitting process's working directory, so a relative path would name another
+    folder there, or none. Beam's local filesystem also matches nothing for a relative
+    glob whose first segment is a wildcard (``snapshot=*/part-*.avro``), while the same
+    glob made absolute matches. URLs (``s3://``, ``gs://``...) are left as they are.
+    """
+    if path is None or "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def run_job(
@@ -290,7 +304,7 @@ def _help_parser() -> argparse.ArgumentParser:
 
 def _unknown_flags(argv: Sequence[str]) -> list[str]:
     """Flags that neither this job nor any Beam options class knows."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     seen = set()
     stack = list(PipelineOptions.__subclasses__())
     while stack:
@@ -303,7 +317,11 @@ def _unknown_flags(argv: Sequence[str]) -> list[str]:
             cls._add_argparse_args(parser)
         except argparse.ArgumentError:
             continue  # the same flag declared by two classes
-    _, unknown = parser.parse_known_args(list(argv))
+    try:
+        _, unknown = parser.parse_known_args(list(argv))
+    except argparse.ArgumentError as err:
+        # e.g. a Beam flag with a choice that is not one of its choices.
+        raise UsageError(str(err)) from None
     return [arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")]
 
 

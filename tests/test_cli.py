@@ -199,3 +199,92 @@ def test_flink_flags_are_accepted_and_forwarded_to_the_job_server(snapshot):
         "flink_master": "flink-jobmanager:8081",
         "parallelism": "8",
     }
+
+
+@pytest.mark.parametrize(
+    "flag, value, option",
+    [
+        ("--flink_master", "localhost:8081", "flink_master"),
+        ("--parallelism", "2", "parallelism"),
+        ("--checkpointing_interval", "10000", "checkpointing_interval"),
+        ("--environment_type", "EXTERNAL", "environment_type"),
+        ("--environment_config", "localhost:50000", "environment_config"),
+        ("--job_endpoint", "localhost:8099", "job_endpoint"),
+        ("--prism_location", "/opt/prism", "prism_location"),
+    ],
+)
+def test_runner_flags_pass_the_unknown_flag_check(snapshot, flag, value, option):
+    path, config = snapshot
+    _, _, options = parse_args(
+        ["--config", config, "--input", path, "--output_path", "o", f"{flag}={value}"]
+    )
+    assert str(options.get_all_options()[option]) == value
+
+
+def test_an_invalid_beam_flag_value_is_one_usage_line(snapshot, capsys):
+    path, config = snapshot
+    code = main(
+        ["--config", config, "--input", path, "--output_path", "o"] + ["--flink_version", "1.16"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "error: argument --flink_version: invalid choice: '1.16' "
+        "(choose from '1.19', '1.20', '2.0', '2.1', '2.2')"
+    ]
+
+
+def test_relative_paths_become_absolute_before_the_graph_is_built(snapshot, tmp_path, monkeypatch):
+    _, config = snapshot
+    monkeypatch.chdir(tmp_path)
+    settings, _, _ = parse_args(
+        [
+            "--config",
+            config,
+            "--input",
+            "snapshot=*/part.jsonl",
+            "--baseline",
+            "./snapshot=*/part.jsonl",
+            "--output_path",
+            "out/events",
+            "--dead_letter_path",
+            "out/dead",
+        ]
+    )
+    assert settings.inputs == (str(tmp_path / "snapshot=*" / "part.jsonl"),)
+    assert settings.baseline == (str(tmp_path / "snapshot=*" / "part.jsonl"),)
+    assert settings.output_path == str(tmp_path / "out" / "events")
+    assert settings.dead_letter_path == str(tmp_path / "out" / "dead")
+
+
+def test_urls_are_left_as_they_are():
+    from pipeline.main import absolute_path
+
+    assert (
+        absolute_path("s3://bucket/snapshot=*/part-*.avro") == "s3://bucket/snapshot=*/part-*.avro"
+    )
+    assert absolute_path("gs://b/x") == "gs://b/x"
+    assert absolute_path(None) is None
+
+
+@pytest.mark.parametrize("prefix", ["", "./"])
+def test_a_relative_glob_starting_with_a_wildcard_folder_reads_its_files(
+    tmp_path, monkeypatch, capsys, prefix
+):
+    from pipeline.sample_data import write_snapshots
+    from tests.stream_check import read_lines
+
+    write_snapshots(str(tmp_path), profiles=20, snapshots=2, fmt="avro")
+    monkeypatch.chdir(tmp_path)
+    code = main(
+        [
+            "--config",
+            "activation.json",
+            "--input",
+            f"{prefix}snapshot=*/part-*.avro",
+            "--output_path",
+            "out/events",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert len(read_lines(str(tmp_path / "out" / "events"))) > 20

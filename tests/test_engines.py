@@ -1,0 +1,208 @@
+"""The job on real engines: an embedded Flink, a standalone Flink cluster, and Prism.
+
+Each test runs the job through ``pipeline.main.main`` with the engine's runner flags and
+compares the sorted event bytes (eventIds included) with the DirectRunner's on the same
+input. The engines are started once per session by the fixtures in ``conftest.py``
+(every process on a free loopback port, stopped by its PID; logs in the failure message).
+
+Run one engine's tests with ``-m flink``, ``-m flink_cluster`` or ``-m prism``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+
+from pipeline.local_kinesis import read_all_records
+from pipeline.main import main
+from pipeline.sample_data import write_snapshots
+from tests.conftest import local_stream
+from tests.stream_check import (
+    NUMBERED_CONFIG,
+    check_numbered_stream,
+    numbered_glob,
+    numbered_pairs,
+    read_lines,
+    write_numbered_snapshots,
+)
+from tests.support.landing import SNAPSHOTS, events_by_profile, merge, run_landing_scenario
+
+pytestmark = [
+    pytest.mark.integration,
+    # At the end of every portable job, the SDK's data plane thread logs gRPC's
+    # "Multiplexer hanging up" as it is cancelled: noise, not a failure.
+    pytest.mark.filterwarnings(
+        "ignore:Exception in thread read_grpc_client_inputs:"
+        "pytest.PytestUnhandledThreadExceptionWarning"
+    ),
+]
+
+# Flink jobs take a few seconds to start and to stop: a longer watch than the local one.
+ENGINE_MAX_WATCH_SECONDS = 45
+_SUMMARY_ROW = re.compile(r"^  (\S.*?)\s{2,}(\d+)$")
+
+
+def engine_args(request: pytest.FixtureRequest, engine: str) -> tuple[list[str], str]:
+    """The runner flags of ``engine`` and the logs to show when its run fails."""
+    if engine == "prism":
+        return [
+            "--runner",
+            "PrismRunner",
+            "--prism_location",
+            request.getfixturevalue("prism_location"),
+        ], ""
+    services = request.getfixturevalue("flink_embedded" if engine == "flink" else "flink_cluster")
+    return services.pipeline_args(parallelism=2), services.logs()
+
+
+def summary(text: str) -> dict[str, int]:
+    """The run summary's rows, by label."""
+    return {m[1]: int(m[2]) for m in map(_SUMMARY_ROW.match, text.splitlines()) if m}
+
+
+def run_backfill(data, out, *extra) -> list[bytes]:
+    code = main(
+        [
+            "--config",
+            str(data / "activation.json"),
+            "--input",
+            str(data / "input" / "snapshot=*" / "part-*.avro"),
+            "--baseline",
+            str(data / "baseline" / "snapshot=*" / "part-*.avro"),
+            "--output_path",
+            str(out / "events"),
+            "--dead_letter_path",
+            str(out / "dead"),
+            *extra,
+        ]
+    )
+    assert code == 0
+    return sorted(read_lines(str(out / "events")))
+
+
+@pytest.fixture(scope="session")
+def backfill(tmp_path_factory):
+    """Sample snapshots (first one as the baseline) and the DirectRunner's events of them.
+
+    The data has every kind of transition: entries, exits by status, exits by
+    disappearance and by tombstone (checked on the DirectRunner's summary).
+    """
+    data = tmp_path_factory.mktemp("backfill")
+    write_snapshots(str(data / "all"), profiles=300, snapshots=4, parts=3)
+    days = sorted(p.name for p in (data / "all").glob("snapshot=*"))
+    (data / "baseline").mkdir()
+    shutil.move(str(data / "all" / days[0]), str(data / "baseline" / days[0]))
+    shutil.move(str(data / "all" / "activation.json"), str(data / "activation.json"))
+    (data / "all").rename(data / "input")
+    return data
+
+
+def test_backfill_reference_has_every_kind_of_transition(backfill, tmp_path, capsys):
+    events = run_backfill(backfill, tmp_path)
+    rows = summary(capsys.readouterr().out)
+    assert events and rows["events"] == len(events)
+    assert rows["profiles_absent_exits"] > 0, "no exit by disappearance in the data"
+    assert rows["profiles_deleted"] > 0, "no tombstone in the data"
+    assert rows["segment exits (exited)"] > rows["profiles_absent_exits"]
+
+
+@pytest.mark.parametrize(
+    "engine",
+    [
+        pytest.param("flink", marks=pytest.mark.flink),
+        pytest.param("flink_cluster", marks=pytest.mark.flink_cluster),
+        pytest.param("prism", marks=pytest.mark.prism),
+    ],
+)
+def test_backfill_events_equal_the_direct_runners(engine, backfill, tmp_path, request, capsys):
+    direct = run_backfill(backfill, tmp_path / "direct")
+    direct_rows = summary(capsys.readouterr().out)
+    args, logs = engine_args(request, engine)
+
+    events = run_backfill(backfill, tmp_path / engine, *args)
+    rows = summary(capsys.readouterr().out)
+
+    assert len(direct) > 300
+    assert events == direct, logs
+    # Beam's metrics reach the summary on every engine, with the same values.
+    assert rows == direct_rows
+    assert not list(tmp_path.glob(f"{engine}/dead*"))
+
+
+@pytest.fixture(scope="session")
+def direct_landing(kinesalite, tmp_path_factory):
+    """The streaming scenario's events on the DirectRunner: ``(records, lines)``."""
+    with local_stream(kinesalite) as (client, stream):
+        records, lines, code = run_landing_scenario(
+            tmp_path_factory.mktemp("landing-direct"), client, stream
+        )
+    assert code == 0
+    return records, lines
+
+
+@pytest.mark.parametrize(
+    "engine",
+    [
+        pytest.param("flink", marks=pytest.mark.flink),
+        pytest.param("prism", marks=pytest.mark.prism),
+    ],
+)
+def test_streaming_from_a_landing_folder_equals_the_direct_runner(
+    engine, direct_landing, kinesis_stream, tmp_path, request
+):
+    client, stream = kinesis_stream
+    args, logs = engine_args(request, engine)
+
+    records, lines, code = run_landing_scenario(
+        tmp_path,
+        client,
+        stream,
+        args,
+        max_watch_seconds=ENGINE_MAX_WATCH_SECONDS,
+        in_process=engine != "prism",  # Prism's launcher needs the main thread
+    )
+
+    assert code == 0, logs
+    # The hand-derived events of every stage (TTL exits included), in per-profile order.
+    assert events_by_profile(records) == merge(*SNAPSHOTS, "end")
+    direct_records, direct_lines = direct_landing
+    assert sorted(r["data"] for r in records) == sorted(r["data"] for r in direct_records)
+    assert sorted(lines) == sorted(direct_lines)
+
+
+@pytest.mark.flink_cluster
+def test_kinesis_sink_on_the_cluster_loses_nothing_and_keeps_profile_order(
+    flink_cluster, kinesis_stream, tmp_path
+):
+    client, stream = kinesis_stream
+    profiles, snapshots = 1500, 3
+    write_numbered_snapshots(str(tmp_path / "in"), profiles, snapshots, parts=4)
+    config = tmp_path / "activation.json"
+    config.write_text(json.dumps(NUMBERED_CONFIG))
+
+    code = main(
+        [
+            "--config",
+            str(config),
+            "--input",
+            numbered_glob(str(tmp_path / "in")),
+            "--kinesis_stream",
+            stream,
+            "--kinesis_region",
+            "us-east-1",
+            "--kinesis_endpoint_url",
+            client.meta.endpoint_url,
+            *flink_cluster.pipeline_args(parallelism=2),
+        ]
+    )
+
+    assert code == 0, flink_cluster.logs()
+    report = check_numbered_stream(
+        read_all_records(client, stream), numbered_pairs(profiles, snapshots)
+    )
+    assert report.problems() == {}
+    assert report.distinct == profiles * snapshots
+    assert report.repeats == 0
