@@ -1,6 +1,7 @@
 # Shared set-up of run_local.sh, run_tests.sh and .ci/run (sourced, not executed).
 # Creates the project virtualenv and installs the project into it, once per change of
-# setup.py; installs kinesalite (pinned, from the npm registry) into .cache/.
+# setup.py; installs kinesalite (pinned, from the npm registry) into .cache/; fetches the
+# Flink job server's jars (Maven) and builds Prism (Go) into .cache/ for the engine tests.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,4 +34,11 @@ bootstrap_python() {
 bootstrap_kinesalite() {
   echo "==> installing kinesalite into $KINESALITE_HOME (if needed)"
   "$PY" -m pipeline.local_kinesis install
+}
+
+bootstrap_engines() {
+  # Java 17 with Maven, and Go, come with the machine; the jars and the binary are
+  # fetched and built once into .cache/ (about 1 and 2 minutes cold).
+  echo "==> fetching the Flink job server's jars and building Prism into $ROOT/.cache (if needed)"
+  (cd "$ROOT" && "$PY" -m tools.flink fetch >/dev/null && "$PY" -m tools.prism >/dev/null)
 }

@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         "flink p2": " ".join(cluster.pipeline_args(parallelism=2)),
     }
     reports, lines = {}, {}
+    keep = False
     try:
         for name, flags in runs.items():
             os.environ[bench.BEAM_ARGS_ENV] = flags
@@ -71,11 +72,14 @@ def main(argv: list[str] | None = None) -> int:
                 reports[name] = bench.run_child("beam", config_path, pattern, str(out))
             except SystemExit:
                 print(cluster.logs(), file=sys.stderr)
+                print(f"logs kept under {work / 'flink'}", file=sys.stderr)
+                keep = True
                 raise
             lines[name] = bench.read_lines(f"{out}*")
     finally:
         cluster.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
         if not args.data:
             shutil.rmtree(data, ignore_errors=True)
     baseline = lines["direct"]

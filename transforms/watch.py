@@ -8,9 +8,9 @@ Timestamps and watermark::
 
     poll k:   folders with a marker: snapshot=T1/ (2 files), snapshot=T2/ (1 file)
               -> emits the 3 new paths, each stamped with its folder's time T1 or T2
-              -> watermark := T2 + 2 ms   (max snapshot time seen + WATERMARK_MARGIN_MS)
+              -> watermark := T2 + 1002 ms   (max snapshot time seen + WATERMARK_MARGIN_MS)
     poll k+1: snapshot=T3/ has files but no marker yet -> nothing; watermark stays
-    poll k+2: snapshot=T3/_SUCCESS exists -> emits its paths at T3; watermark T3 + 2 ms
+    poll k+2: snapshot=T3/_SUCCESS exists -> emits its paths at T3; watermark T3 + 1002 ms
 
 Records read from a file keep their file's timestamp, the snapshot time T. The
 transitions step (``ComputeSegmentTransitions(streaming=True)``) applies a snapshot when
@@ -79,9 +79,14 @@ from transforms.snapshot_time import SnapshotTimeError, snapshot_time_from_path
 _LOG = logging.getLogger(__name__)
 
 MARKER = "_SUCCESS"
-# After snapshot T the watermark is T + 2 ms: past the transitions step's wake-up timer
-# at T + 1 ms on runners that fire a timer only once the watermark is strictly past it.
-WATERMARK_MARGIN_MS = 2
+# After snapshot T the watermark is T + 1002 ms: past the transitions step's wake-up
+# timer at T + 1 ms on runners that fire a timer only once the watermark is strictly
+# past it, and still past it on Beam 2.50's Flink runner, which keeps an SDF's watermark
+# hold in whole seconds (it drops the sub-second part of the reported watermark): with a
+# 2 ms margin every snapshot was applied only when the next one landed. The cost: a
+# snapshot that lands after a newer one and is less than a second later than it counts
+# as late (exports are hours or days apart).
+WATERMARK_MARGIN_MS = 1002
 DEFAULT_WATCH_INTERVAL_SECONDS = 60.0
 # The DirectRunner's watch root sleeps at most this long per call, so that the runner's
 # monitor (timers, shutdown) is never blocked for a whole interval.

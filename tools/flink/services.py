@@ -357,6 +357,11 @@ def start_cluster(
             "blob.server.port": str(free_port()),
             "jobmanager.memory.process.size": "1024m",
             "parallelism.default": "1",
+            # The cluster's classpath already holds Beam's runner; a job jar's copy of the
+            # same classes in a child-first loader breaks Beam's vendored Netty on the
+            # second job of a TaskManager (IllegalAccessError, then "No client connected
+            # within timeout").
+            "classloader.resolve-order": "parent-first",
             **(extra_conf or {}),
         }
         folder = _write_conf(state_dir / "jobmanager", conf)
