@@ -180,6 +180,12 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
                 "--snapshots_per_run cannot be used with --snapshot_time_field: runs are "
                 "planned from the snapshot times in the file paths"
             )
+    if streaming and opts.baseline and all_options.get("checkpointing_interval"):
+        _LOG.warning(
+            "--streaming with --baseline and --checkpointing_interval: on Beam 2.50's Flink "
+            "job server, baseline records were seen not to reach the stateful step with "
+            "checkpointing on (see docs/operations/flink.md); check your engine"
+        )
     config = load_config(opts.config)
     settings = JobSettings(
         inputs=tuple(absolute_path(p) for p in opts.input),

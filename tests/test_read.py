@@ -166,7 +166,14 @@ def test_malformed_records_go_to_dead_letter_and_good_ones_survive(tmp_path):
     with open(path, "wb") as handle:
         handle.write(b"\n".join(lines) + b"\n")
     records, dead = read([path])
-    assert [k for k, _ in records] == ["email:good@x.com"]
+    assert [k for k, r in records if not r.get("keep")] == ["email:good@x.com"]
+    # A bad record that names its profile proves the profile is in the snapshot: it
+    # becomes a keep record (the profile keeps its state), never an absence.
+    kept = sorted((k, r["snapshot_ms"]) for k, r in records if r.get("keep"))
+    assert kept == [(f"email:{n}@x.com", 1706659200000) for n in ("d", "s", "t")]
+    assert sorted(d["raw"] for d in dead if d.get("profile_state") == "kept") == sorted(
+        lines[i].decode() for i in (5, 6, 8)
+    )
     reasons = sorted(d["reason"] for d in dead)
     assert len(dead) == len(lines) - 1
     assert all(d["file"] == path and d["stage"] == "read" and d["raw"] for d in dead)

@@ -189,6 +189,11 @@ def merge_records(records: Sequence[dict]) -> dict:
     """
     if len(records) == 1:
         return records[0]
+    if any(r.get("keep") for r in records):
+        # One of the duplicates was bad: what the profile is at this snapshot is not
+        # known, so it keeps its previous state (and stays present).
+        keep = min((r for r in records if r.get("keep")), key=lambda r: r.get("file", ""))
+        return {**keep, "baseline": any(r.get("baseline", False) for r in records)}
     # A canonical order makes the merged identity lists independent of input order.
     ordered = sorted(records, key=_canonical)
     segments: dict[str, dict[str, list]] = {}
@@ -252,6 +257,7 @@ def record_digest(record: dict) -> str:
         record["attributes"],
         bool(record.get("deleted")),
         bool(record.get("baseline")),
+        bool(record.get("keep")),
     ]
     return hashlib.blake2b(_canonical(content).encode("utf-8"), digest_size=8).hexdigest()
 
@@ -425,6 +431,24 @@ def apply_record(
     return ProfileState(snapshot_ms, False, memberships, identities, attributes), transition
 
 
+def apply_keep(
+    state: ProfileState | None, snapshot_ms: int, tally: Tally | None = None
+) -> ProfileState | None:
+    """A profile present at ``snapshot_ms`` with a bad record: it keeps its state.
+
+    Its memberships, identities and attributes stay as they were and nothing is emitted;
+    a live profile is seen at ``snapshot_ms`` (its TTL restarts there). A profile never
+    seen or gone stays so.
+    """
+    if tally is not None:
+        tally.counters["profiles_kept_on_bad_record"] += 1
+    if state is None or state.gone:
+        return state
+    return ProfileState(
+        snapshot_ms, False, state.memberships, state.identities, state.attributes
+    )
+
+
 def apply_absence(
     state: ProfileState | None,
     snapshot_ms: int,
@@ -524,7 +548,10 @@ def replay_batch(
         snapshot_ms = times[index]
         is_baseline = _lookup(baseline_times, snapshot_ms)
         record = by_time.get(snapshot_ms)
-        if record is not None:
+        if record is not None and record.get("keep"):
+            applied += 1
+            state, transition = apply_keep(state, snapshot_ms, tally), None
+        elif record is not None:
             applied += 1
             emit = not (is_baseline or record.get("baseline"))
             state, transition = apply_record(state, record, triggers, tally, emit)
@@ -663,9 +690,15 @@ def replay_stream(
         if len(group) > 1 and tally is not None:
             tally.counters["duplicate_records_merged"] += len(group) - 1
         record = merge_records(group)
-        state, transition = apply_record(
-            state, record, triggers, tally, emit=not record.get("baseline")
-        )
+        if record.get("keep"):
+            kept = apply_keep(state, snapshot_ms, tally)
+            state, transition = kept, None
+            if state is None:
+                continue  # never seen: nothing to keep, nothing to remember
+        else:
+            state, transition = apply_record(
+                state, record, triggers, tally, emit=not record.get("baseline")
+            )
         state.digests = sorted({record_digest(r) for r in group})
         if transition is not None:
             transitions.append(transition)

@@ -13,6 +13,10 @@ primitive coder encodes it deterministically and cheaply on every runner)::
         "file": "snapshots/snapshot=2024-01-31/part-0.avro",
     }
 
+A record that failed validation but names its profile becomes a *keep* record
+(:func:`keep_record`, ``"keep": True``): the profile is present in that snapshot and
+keeps its previous state; nothing is emitted for it there.
+
 ``segments`` holds only the mapped segments (SPEC §3), each as ``[status, last
 qualification time in epoch ms or None]``; ``identities`` keeps every namespace's ids in
 input order (the include/hash rules apply when events are formatted); ``attributes``
@@ -109,6 +113,39 @@ def to_profile_record(
         "identities": identities,
         "attributes": _attributes(record, config.attributes),
         "file": file,
+    }
+
+
+def known_profile_key(record: Any, config: ActivationConfig) -> str | None:
+    """The profile key of a record that failed validation, when it can still be told.
+
+    A record whose key is known but whose content is bad (a status, a timestamp, an
+    identity) proves that the profile is in its snapshot: it must not count as absent.
+
+    Returns:
+        The key, or ``None`` when the record does not say whose it is.
+    """
+    if not isinstance(record, dict):
+        return None
+    try:
+        return resolve_profile_key(record, config.profile_key)
+    except (RecordError, AttributeError, TypeError):
+        return None
+
+
+def keep_record(snapshot_ms: int, file: str, baseline: bool = False) -> dict:
+    """The internal record of a profile whose record in a snapshot is bad but whose key
+    is known: the profile is present and keeps its previous state; nothing is emitted.
+    """
+    return {
+        "snapshot_ms": snapshot_ms,
+        "baseline": baseline,
+        "deleted": False,
+        "segments": {},
+        "identities": {},
+        "attributes": {},
+        "file": file,
+        "keep": True,
     }
 
 

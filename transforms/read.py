@@ -31,7 +31,7 @@ from apache_beam.metrics import Metrics
 
 from pipeline.config import ActivationConfig
 from transforms.carried_state import CARRIED_STATE_FORMAT, carried_state_record
-from transforms.profiles import RecordError, to_profile_record
+from transforms.profiles import RecordError, keep_record, known_profile_key, to_profile_record
 from transforms.snapshot_time import require_snapshot_time, snapshot_time_from_path
 from transforms.timestamps import TimestampError, parse_timestamp
 
@@ -310,6 +310,7 @@ class _ParseRecordFn(beam.DoFn):
         self._field = snapshot_time_field
         self._records = Metrics.counter(METRICS_NAMESPACE, "records_read")
         self._dead = Metrics.counter(METRICS_NAMESPACE, "records_dead_lettered")
+        self._kept = Metrics.counter(METRICS_NAMESPACE, "dead_letters_state_kept")
         self._path_times: dict[str, int | None] = {}
 
     def process(self, element: tuple[Any, Any]):
@@ -322,16 +323,22 @@ class _ParseRecordFn(beam.DoFn):
             yield carried_state_record(raw)
             return
         self._records.inc()
+        record = None
+        snapshot_ms = None
         try:
             record = self._decode(raw, fmt)
             snapshot_ms = self._snapshot_time(path, record)
             yield to_profile_record(record, self._config, snapshot_ms, path, baseline)
         except RecordError as err:
             self._dead.inc()
-            yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER_TAG,
-                {"stage": "read", "reason": str(err), "file": path, "raw": _raw_text(raw)},
-            )
+            letter = {"stage": "read", "reason": str(err), "file": path, "raw": _raw_text(raw)}
+            key = None if snapshot_ms is None else known_profile_key(record, self._config)
+            if key is not None:
+                # The profile is in this snapshot: it keeps its state, it is not absent.
+                self._kept.inc()
+                letter["profile_state"] = "kept"
+                yield key, keep_record(snapshot_ms, path, baseline)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
 
     def _decode(self, raw: Any, fmt: str) -> Any:
         if fmt == "json":

@@ -133,16 +133,17 @@ def encode_record(record: dict) -> bytes:
             record["identities"],
             record["attributes"],
             record.get("file", ""),
+            bool(record.get("keep", False)),
         )
     )
 
 
 def decode_record(data: bytes) -> dict:
     """Decodes :func:`encode_record` output back into the record dict."""
-    snapshot_ms, baseline, deleted, segments, identities, attributes, file = _VALUE_CODER.decode(
-        data
+    snapshot_ms, baseline, deleted, segments, identities, attributes, file, keep = (
+        _VALUE_CODER.decode(data)
     )
-    return {
+    record = {
         "snapshot_ms": snapshot_ms,
         "baseline": baseline,
         "deleted": deleted,
@@ -151,6 +152,9 @@ def decode_record(data: bytes) -> dict:
         "attributes": attributes,
         "file": file,
     }
+    if keep:
+        record["keep"] = True
+    return record
 
 
 # --------------------------------------------------------------------------- state
