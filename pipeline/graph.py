@@ -41,6 +41,7 @@ class JobSettings:
     output_path: str | None = None
     dead_letter_path: str | None = None
     allow_mass_exit: bool = False
+    max_bad_records: int = 0
     streaming: bool = False
     watch_interval: float | None = None
     max_watch_seconds: float | None = None
@@ -91,6 +92,8 @@ def build_pipeline(
         streaming=settings.streaming,
         allow_mass_exit=settings.allow_mass_exit,
         carry_states=settings.state_output_prefix is not None,
+        read_dead_letters=None if settings.streaming else read["dead_letters"],
+        max_bad_records=settings.max_bad_records,
     )
     if settings.state_output_prefix:
         _ = transitions.states | "WriteCarriedStates" >> WriteCarriedStates(

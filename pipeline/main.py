@@ -154,6 +154,8 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
         raise UsageError("--kinesis_max_record_bytes must be between 1 and 10485760")
     if opts.kinesis_aggregate and not opts.kinesis_stream:
         raise UsageError("--kinesis_aggregate needs --kinesis_stream")
+    if opts.max_bad_records < 0:
+        raise UsageError("--max_bad_records must be 0 or more")
     if opts.watch_interval is not None and not streaming:
         raise UsageError("--watch_interval only applies with --streaming")
     if opts.watch_interval is not None and opts.watch_interval <= 0:
@@ -201,6 +203,7 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
         output_path=absolute_path(opts.output_path),
         dead_letter_path=absolute_path(opts.dead_letter_path),
         allow_mass_exit=opts.allow_mass_exit,
+        max_bad_records=opts.max_bad_records,
         streaming=streaming,
         watch_interval=_watch_interval(opts.watch_interval, streaming),
         max_watch_seconds=opts.max_watch_seconds,

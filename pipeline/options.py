@@ -92,7 +92,19 @@ class SegmentEventsOptions(PipelineOptions):
             default=None,
             help="Prefix of JSON Lines dead-letter files (raw input, file, reason); created "
             "owner-readable only. Default: none (records that cannot be delivered fail the "
-            "job; malformed input records are counted and logged).",
+            "job; malformed input records are counted in the run summary, not written).",
+        )
+        parser.add_argument(
+            "--max_bad_records",
+            type=int,
+            default=0,
+            help="Batch: how many input records that cannot be read and do not name their "
+            "profile (a broken line, a record without a profile key) the run accepts. "
+            "Such a record makes its snapshot incomplete: above this number the run fails "
+            "before anything is sent; up to it, no profile exits by disappearance from an "
+            "incomplete snapshot (a later complete snapshot confirms the exit). A bad "
+            "record that names its profile never counts: that profile keeps its state. "
+            "Every bad record goes to the dead letters. Default: 0.",
         )
         parser.add_argument(
             "--allow_mass_exit",

@@ -122,3 +122,56 @@ def test_streaming_replay_keeps_the_state_and_restarts_the_ttl():
     assert later.ttl_exits == []
     unseen = replay_stream(state, [], D3 + 1, TRIGGERS, ttl)
     assert len(unseen.ttl_exits) == 1
+
+
+def test_a_withheld_absence_is_confirmed_by_the_next_complete_snapshot():
+    from transforms.memberships import ANY_SNAPSHOT
+
+    gone = replay_batch([A_RECORD], [D1, D2, D3], TRIGGERS, incomplete={D2})
+    assert [(t["snapshot_ms"], t["segments"]["ups"][S1][0]) for t in gone.transitions] == [
+        (D1, "realized"),
+        (D3, "exited"),
+    ]
+    back = replay_batch(
+        [A_RECORD, {**A_RECORD, "snapshot_ms": D3}], [D1, D2, D3], TRIGGERS, incomplete={D2}
+    )
+    assert [t["snapshot_ms"] for t in back.transitions] == [D1]
+    unknown = replay_batch([A_RECORD], [D1, D2, D3], TRIGGERS, incomplete={ANY_SNAPSHOT})
+    assert [t["snapshot_ms"] for t in unknown.transitions] == [D1]
+
+
+def run_with_broken_line(tmp_path, *extra):
+    member_a, member_b = json.dumps(profile("a", MEMBER)), json.dumps(profile("b", MEMBER))
+    write(tmp_path / "in", DAYS[0], [member_a, member_b])
+    write(tmp_path / "in", DAYS[1], ['{"identityMap": {"email": [{"id": "a@x', member_b])
+    write(tmp_path / "in", DAYS[2], [member_a, member_b])
+    config = tmp_path / "activation.json"
+    config.write_text(json.dumps({"segments": [{"id": S1}], "profile_key": "primary"}))
+    return main(
+        [
+            "--config",
+            str(config),
+            "--input",
+            str(tmp_path / "in" / "*" / "*.jsonl"),
+            "--output_path",
+            str(tmp_path / "out" / "events"),
+            *extra,
+        ]
+    )
+
+
+def test_an_unreadable_line_fails_the_run_before_anything_is_sent(tmp_path, capsys):
+    assert run_with_broken_line(tmp_path) == 1
+    err = capsys.readouterr().err
+    assert "1 input record(s) could not be read" in err and "2024-01-02" in err
+    assert read_lines(str(tmp_path / "out" / "events")) == []
+
+
+def test_allowed_unreadable_lines_withhold_the_disappearance_exits(tmp_path, capsys):
+    assert run_with_broken_line(tmp_path, "--max_bad_records", "1") == 0
+    events = [json.loads(line) for line in read_lines(str(tmp_path / "out" / "events"))]
+    # a's line of day 2 is broken: a does not exit there, so it does not re-enter on day 3.
+    assert sorted(
+        entry["status"] for e in events for entry in e["segmentMembership"]["ups"].values()
+    ) == ["realized", "realized"]
+    assert "absence_exits_withheld" in capsys.readouterr().out

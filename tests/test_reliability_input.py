@@ -144,6 +144,35 @@ def test_malformed_records_dead_letter_and_the_good_ones_are_sent(
             str(dead),
         ]
     )
+    # Records that do not name their profile make the snapshot incomplete: by default the
+    # run refuses before anything is sent.
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "--max_bad_records" in captured.err and "nothing was sent" in captured.err
+    assert read_all_records(client, stream) == []
+    assert not glob.glob(str(out) + "*")
+    # The broken lines, the non-objects and the records without a profile key.
+    unreadable = int(re.search(r"(\d+) input record", captured.err).group(1))
+    assert unreadable == 8
+
+    code = main(
+        [
+            "--config",
+            str(config),
+            "--input",
+            str(folder / "part-*"),
+            "--kinesis_stream",
+            stream,
+            "--kinesis_endpoint_url",
+            kinesalite.endpoint_url,
+            "--output_path",
+            str(out),
+            "--dead_letter_path",
+            str(dead),
+            "--max_bad_records",
+            str(unreadable),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     letters = [json.loads(line) for line in read_lines(str(dead))]

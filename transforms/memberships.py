@@ -32,7 +32,7 @@ import hashlib
 import json
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -53,6 +53,8 @@ RETENTION_MS = 30 * 86_400_000
 _STATUS_RANK = {EXISTING: 0, REALIZED: 1, EXITED: 2}
 
 Memberships = dict[str, dict[str, list]]
+# In the set of incomplete snapshots: a record whose snapshot is unknown was lost.
+ANY_SNAPSHOT = -(2**62)
 
 
 @dataclass(frozen=True)
@@ -507,6 +509,7 @@ def replay_batch(
     tally: Tally | None = None,
     baseline_times: frozenset[int] | set[int] | Mapping[int, bool] = frozenset(),
     initial: ProfileState | None = None,
+    incomplete: Container[int] | None = None,
 ) -> Replay:
     """Replays one profile over every snapshot of a batch run, in time order.
 
@@ -525,10 +528,16 @@ def replay_batch(
         tally: Counters to update.
         baseline_times: Snapshot times that are baselines (a set, or a mapping to bool).
         initial: The state before the run's first snapshot (``None``: never seen).
+        incomplete: Snapshot times that lost records whose profile is unknown (or
+            :data:`ANY_SNAPSHOT` when such a record's snapshot is unknown too): an
+            absence from one of them is no proof, so no disappearance exit happens
+            there; the next complete snapshot without the profile confirms it.
 
     Returns:
         The final state and the transitions in snapshot order.
     """
+    incomplete = incomplete or ()
+    withhold_all = ANY_SNAPSHOT in incomplete
     by_time = group_by_snapshot(records, tally)
     state = initial
     transitions: list[dict] = []
@@ -556,7 +565,14 @@ def replay_batch(
             emit = not (is_baseline or record.get("baseline"))
             state, transition = apply_record(state, record, triggers, tally, emit)
         elif state is not None and not state.gone:
-            state, transition = apply_absence(state, snapshot_ms, triggers, tally, not is_baseline)
+            if withhold_all or snapshot_ms in incomplete:
+                transition = None
+                if tally is not None:
+                    tally.counters["absence_exits_withheld"] += 1
+            else:
+                state, transition = apply_absence(
+                    state, snapshot_ms, triggers, tally, not is_baseline
+                )
         elif applied < len(record_times):
             # Not tracked and no record here: jump to the next record.
             index = bisect_left(times, record_times[applied], index + 1)

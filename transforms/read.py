@@ -338,6 +338,11 @@ class _ParseRecordFn(beam.DoFn):
                 self._kept.inc()
                 letter["profile_state"] = "kept"
                 yield key, keep_record(snapshot_ms, path, baseline)
+            else:
+                # Whose record this was is unknown: its snapshot is incomplete, and an
+                # absence from it proves nothing (see --max_bad_records).
+                letter["profile_state"] = "unknown"
+                letter["snapshot_ms"] = self._path_snapshot_time(path, snapshot_ms)
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
 
     def _decode(self, raw: Any, fmt: str) -> Any:
@@ -357,6 +362,14 @@ class _ParseRecordFn(beam.DoFn):
         if fmt == "parquet":
             return _maps_to_dicts(raw)
         return raw
+
+    def _path_snapshot_time(self, path: str, snapshot_ms: int | None) -> int | None:
+        """The snapshot of an unreadable record: its own, else its file's, else None."""
+        if snapshot_ms is not None or self._field is not None:
+            return snapshot_ms
+        if path not in self._path_times:
+            self._path_times[path] = snapshot_time_from_path(path)
+        return self._path_times[path]
 
     def _snapshot_time(self, path: str, record: Any) -> int:
         if self._field is not None and isinstance(record, dict) and self._field in record:

@@ -58,6 +58,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from pipeline.config import ActivationConfig
 from transforms.carried_state import CARRIED_STATE_FIELD, is_carried_state
 from transforms.memberships import (
+    ANY_SNAPSHOT,
     RETENTION_MS,
     ProfileState,
     Tally,
@@ -209,6 +210,12 @@ class ComputeSegmentTransitions(beam.PTransform):
         carry_states: Batch only: the result's ``states`` holds what the next run of a
             split backfill needs, as opaque ``bytes`` values for
             :class:`transforms.carried_state.WriteCarriedStates`.
+        read_dead_letters: Batch only: the read step's dead letters. Those whose
+            profile is unknown (``"profile_state": "unknown"``) make their snapshot
+            incomplete: more than ``max_bad_records`` of them fail the run before any
+            transition exists (:class:`BadRecordsError`); up to that many, no profile
+            exits by disappearance from an incomplete snapshot.
+        max_bad_records: See ``read_dead_letters``.
 
     Returns (from ``expand``):
         A :class:`TransitionsResult` with ``transitions`` and ``dead_letters``.
@@ -221,10 +228,15 @@ class ComputeSegmentTransitions(beam.PTransform):
         allow_mass_exit: bool = False,
         label: str | None = None,
         carry_states: bool = False,
+        *,
+        read_dead_letters: beam.PCollection | None = None,
+        max_bad_records: int = 0,
     ) -> None:
         super().__init__(label)
         if streaming and carry_states:
             raise ValueError("carried states only apply to batch runs")
+        self._read_dead_letters = read_dead_letters
+        self._max_bad_records = max_bad_records
         self._config = config
         self._streaming = streaming
         self._allow_mass_exit = allow_mass_exit
@@ -259,12 +271,24 @@ class ComputeSegmentTransitions(beam.PTransform):
             | "MassExitGuard"
             >> beam.Map(check_mass_exit, config.max_exit_fraction, self._allow_mass_exit)
         )
+        if self._read_dead_letters is not None:
+            unreadable = self._read_dead_letters | "CountUnreadable" >> beam.CombineGlobally(
+                _CountUnreadableFn()
+            )
+        else:
+            unreadable = records.pipeline | "NoUnreadable" >> beam.Create([{}])
+        incomplete = unreadable | "BadRecordsGuard" >> beam.Map(
+            check_bad_records, self._max_bad_records
+        )
         outputs = (
             grouped
             | "GroupByProfile" >> beam.GroupByKey()
             | "Replay"
             >> beam.ParDo(
-                _BatchTransitionsFn(config, self._carry_states), snapshots, AsSingleton(verdict)
+                _BatchTransitionsFn(config, self._carry_states),
+                snapshots,
+                AsSingleton(verdict),
+                AsSingleton(incomplete),
             ).with_outputs(_DEAD, _STATES, main="transitions")
         )
         states = outputs[_STATES] if self._carry_states else None
@@ -317,6 +341,75 @@ def _carried_bytes(record: dict) -> bytes:
 
 def _carry(key: str, state: ProfileState) -> tuple[str, bytes]:
     return key, _CARRIED_TAG + encode_state(state)
+
+
+# ------------------------------------------------------------------ bad-records guard
+
+
+class BadRecordsError(ValueError):
+    """More input records than ``--max_bad_records`` could not be tied to a profile."""
+
+
+class _CountUnreadableFn(beam.CombineFn):
+    """Read dead letters of unknown profiles -> count per snapshot (ANY_SNAPSHOT: none)."""
+
+    def create_accumulator(self) -> dict[int, int]:
+        return {}
+
+    def add_input(self, accumulator: dict[int, int], letter: dict) -> dict[int, int]:
+        if letter.get("profile_state") == "unknown":
+            snapshot_ms = letter.get("snapshot_ms")
+            key = ANY_SNAPSHOT if snapshot_ms is None else snapshot_ms
+            accumulator[key] = accumulator.get(key, 0) + 1
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        merged: dict[int, int] = {}
+        for accumulator in accumulators:
+            for key, count in accumulator.items():
+                merged[key] = merged.get(key, 0) + count
+        return merged
+
+    def extract_output(self, accumulator: dict[int, int]) -> dict[int, int]:
+        return accumulator
+
+
+def check_bad_records(counts: dict[int, int], max_bad_records: int) -> frozenset[int]:
+    """Applies ``--max_bad_records`` to the unreadable records of a batch run.
+
+    Args:
+        counts: Snapshot ms (or ``ANY_SNAPSHOT``) -> records of that snapshot that could
+            not be tied to a profile.
+        max_bad_records: How many such records the run accepts.
+
+    Returns:
+        The incomplete snapshots, whose disappearance exits are withheld.
+
+    Raises:
+        BadRecordsError: More than ``max_bad_records``; nothing was computed or sent.
+    """
+    total = sum(counts.values())
+    if total > max_bad_records:
+        where = ", ".join(
+            "unknown snapshot" if t == ANY_SNAPSHOT else format_timestamp(t)
+            for t in sorted(counts)
+        )
+        raise BadRecordsError(
+            f"{total} input record(s) could not be read and do not say which profile they "
+            f"belong to (snapshots: {where}); more than --max_bad_records "
+            f"{max_bad_records}, so nothing was sent: an absent profile there may only be "
+            "unreadable. Fix the export, or rerun with "
+            f"--max_bad_records {total} (those snapshots then send no disappearance exits; "
+            "the records go to --dead_letter_path)"
+        )
+    if total:
+        _LOGGER.warning(
+            "%d unreadable input record(s) allowed by --max_bad_records: no disappearance "
+            "exits from %d incomplete snapshot(s)",
+            total,
+            len(counts),
+        )
+    return frozenset(counts)
 
 
 # ------------------------------------------------------------------ mass-exit guard
@@ -523,7 +616,7 @@ class _BatchTransitionsFn(_TransitionsFnBase):
         self._times_for: Any = None
         self._times: list[int] = []
 
-    def process(self, element, snapshots, verdict):
+    def process(self, element, snapshots, verdict, incomplete):
         del verdict  # only read so that the replay waits for the mass-exit guard
         key, values = element
         records = []
@@ -539,7 +632,13 @@ class _BatchTransitionsFn(_TransitionsFnBase):
             self._times_for = snapshots
             self._times = sorted(snapshots)
         replay = replay_batch(
-            records, self._times, self._triggers, self._tally, snapshots, initial=initial
+            records,
+            self._times,
+            self._triggers,
+            self._tally,
+            snapshots,
+            initial=initial,
+            incomplete=incomplete,
         )
         for transition in replay.transitions:
             yield (key, transition)
