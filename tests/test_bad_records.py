@@ -51,16 +51,15 @@ def write(folder, day, lines):
     path.write_text("".join(line + "\n" for line in lines))
 
 
-@pytest.mark.parametrize("kind", sorted(BAD))
-def test_a_damaged_record_of_a_known_profile_sends_no_transition(tmp_path, kind):
+def run_with_day_two(tmp_path, line_of_a, *extra):
+    """Runs a, b members on days 1 and 3; on day 2 b again and ``line_of_a`` for a."""
     member_a, member_b = json.dumps(profile("a", MEMBER)), json.dumps(profile("b", MEMBER))
     write(tmp_path / "in", DAYS[0], [member_a, member_b])
-    write(tmp_path / "in", DAYS[1], [json.dumps(BAD[kind]), member_b])
+    write(tmp_path / "in", DAYS[1], [line_of_a, member_b])
     write(tmp_path / "in", DAYS[2], [member_a, member_b])
     config = tmp_path / "activation.json"
     config.write_text(json.dumps({"segments": [{"id": S1}], "profile_key": "primary"}))
-
-    code = main(
+    return main(
         [
             "--config",
             str(config),
@@ -68,9 +67,15 @@ def test_a_damaged_record_of_a_known_profile_sends_no_transition(tmp_path, kind)
             str(tmp_path / "in" / "*" / "*.jsonl"),
             "--output_path",
             str(tmp_path / "out" / "events"),
-            "--dead_letter_path",
-            str(tmp_path / "out" / "dead"),
+            *extra,
         ]
+    )
+
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+def test_a_damaged_record_of_a_known_profile_sends_no_transition(tmp_path, kind):
+    code = run_with_day_two(
+        tmp_path, json.dumps(BAD[kind]), "--dead_letter_path", str(tmp_path / "out" / "dead")
     )
 
     assert code == 0
@@ -141,23 +146,7 @@ def test_a_withheld_absence_is_confirmed_by_the_next_complete_snapshot():
 
 
 def run_with_broken_line(tmp_path, *extra):
-    member_a, member_b = json.dumps(profile("a", MEMBER)), json.dumps(profile("b", MEMBER))
-    write(tmp_path / "in", DAYS[0], [member_a, member_b])
-    write(tmp_path / "in", DAYS[1], ['{"identityMap": {"email": [{"id": "a@x', member_b])
-    write(tmp_path / "in", DAYS[2], [member_a, member_b])
-    config = tmp_path / "activation.json"
-    config.write_text(json.dumps({"segments": [{"id": S1}], "profile_key": "primary"}))
-    return main(
-        [
-            "--config",
-            str(config),
-            "--input",
-            str(tmp_path / "in" / "*" / "*.jsonl"),
-            "--output_path",
-            str(tmp_path / "out" / "events"),
-            *extra,
-        ]
-    )
+    return run_with_day_two(tmp_path, '{"identityMap": {"email": [{"id": "a@x', *extra)
 
 
 def test_an_unreadable_line_fails_the_run_before_anything_is_sent(tmp_path, capsys):

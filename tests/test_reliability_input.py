@@ -128,22 +128,22 @@ def test_malformed_records_dead_letter_and_the_good_ones_are_sent(
     config.write_text(json.dumps(CONFIG))
     out, dead = tmp_path / "out" / "events", tmp_path / "out" / "dead"
 
-    code = main(
-        [
-            "--config",
-            str(config),
-            "--input",
-            str(folder / "part-*"),
-            "--kinesis_stream",
-            stream,
-            "--kinesis_endpoint_url",
-            kinesalite.endpoint_url,
-            "--output_path",
-            str(out),
-            "--dead_letter_path",
-            str(dead),
-        ]
-    )
+    argv = [
+        "--config",
+        str(config),
+        "--input",
+        str(folder / "part-*"),
+        "--kinesis_stream",
+        stream,
+        "--kinesis_endpoint_url",
+        kinesalite.endpoint_url,
+        "--output_path",
+        str(out),
+        "--dead_letter_path",
+        str(dead),
+    ]
+
+    code = main(argv)
     # Records that do not name their profile make the snapshot incomplete: by default the
     # run refuses before anything is sent.
     captured = capsys.readouterr()
@@ -155,24 +155,7 @@ def test_malformed_records_dead_letter_and_the_good_ones_are_sent(
     unreadable = int(re.search(r"(\d+) input record", captured.err).group(1))
     assert unreadable == 8
 
-    code = main(
-        [
-            "--config",
-            str(config),
-            "--input",
-            str(folder / "part-*"),
-            "--kinesis_stream",
-            stream,
-            "--kinesis_endpoint_url",
-            kinesalite.endpoint_url,
-            "--output_path",
-            str(out),
-            "--dead_letter_path",
-            str(dead),
-            "--max_bad_records",
-            str(unreadable),
-        ]
-    )
+    code = main([*argv, "--max_bad_records", str(unreadable)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     letters = [json.loads(line) for line in read_lines(str(dead))]
