@@ -107,6 +107,9 @@ def test_credentials_never_appear_in_logs_options_or_outputs(
             str(out / "events"),
             "--dead_letter_path",
             str(out / "dead"),
+            # The input has one broken line (it must reach the dead letter, not a log).
+            "--max_bad_records",
+            "1",
         ],
         env,
     )
