@@ -94,7 +94,10 @@ def flink_embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlinkSe
 @pytest.fixture(scope="session")
 def flink_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlinkServices]:
     """A standalone Flink cluster (2 TaskManagers of 2 slots), worker pool and job server."""
-    services = start_cluster(tmp_path_factory.mktemp("flink-cluster"), quiet=True)
+    # The SDK workers run the Kinesis sink: they get the local dummy credentials.
+    services = start_cluster(
+        tmp_path_factory.mktemp("flink-cluster"), worker_env=LOCAL_AWS_ENV, quiet=True
+    )
     try:
         yield services
     finally:

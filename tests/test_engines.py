@@ -10,9 +10,13 @@ Run one engine's tests with ``-m flink``, ``-m flink_cluster`` or ``-m prism``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -63,24 +67,42 @@ def summary(text: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in map(_SUMMARY_ROW.match, text.splitlines()) if m}
 
 
-def run_backfill(data, out, *extra) -> list[bytes]:
-    code = main(
-        [
-            "--config",
-            str(data / "activation.json"),
-            "--input",
-            str(data / "input" / "snapshot=*" / "part-*.avro"),
-            "--baseline",
-            str(data / "baseline" / "snapshot=*" / "part-*.avro"),
-            "--output_path",
-            str(out / "events"),
-            "--dead_letter_path",
-            str(out / "dead"),
-            *extra,
-        ]
-    )
-    assert code == 0
-    return sorted(read_lines(str(out / "events")))
+def run_backfill(data, out, *extra, in_process=True) -> tuple[list[bytes], dict[str, int]]:
+    """Runs the backfill; returns its sorted event lines and its run summary.
+
+    ``in_process=False`` runs ``python -m pipeline`` as a child process: a Prism job
+    server started in this process would stay up and serve later tests' default
+    ``beam.Pipeline()`` runs (Beam's DirectRunner prefers a running Prism).
+    """
+    argv = [
+        "--config",
+        str(data / "activation.json"),
+        "--input",
+        str(data / "input" / "snapshot=*" / "part-*.avro"),
+        "--baseline",
+        str(data / "baseline" / "snapshot=*" / "part-*.avro"),
+        "--output_path",
+        str(out / "events"),
+        "--dead_letter_path",
+        str(out / "dead"),
+        *extra,
+    ]
+    if in_process:
+        stdout = io.StringIO()
+        with contextlib.redirect_stdout(stdout):
+            code = main(argv)
+        output, errors = stdout.getvalue(), ""
+    else:
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline", *argv],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        code, output, errors = result.returncode, result.stdout, result.stderr[-3000:]
+    assert code == 0, errors
+    return sorted(read_lines(str(out / "events"))), summary(output)
 
 
 @pytest.fixture(scope="session")
@@ -100,9 +122,8 @@ def backfill(tmp_path_factory):
     return data
 
 
-def test_backfill_reference_has_every_kind_of_transition(backfill, tmp_path, capsys):
-    events = run_backfill(backfill, tmp_path)
-    rows = summary(capsys.readouterr().out)
+def test_backfill_reference_has_every_kind_of_transition(backfill, tmp_path):
+    events, rows = run_backfill(backfill, tmp_path)
     assert events and rows["events"] == len(events)
     assert rows["profiles_absent_exits"] > 0, "no exit by disappearance in the data"
     assert rows["profiles_deleted"] > 0, "no tombstone in the data"
@@ -117,13 +138,11 @@ def test_backfill_reference_has_every_kind_of_transition(backfill, tmp_path, cap
         pytest.param("prism", marks=pytest.mark.prism),
     ],
 )
-def test_backfill_events_equal_the_direct_runners(engine, backfill, tmp_path, request, capsys):
-    direct = run_backfill(backfill, tmp_path / "direct")
-    direct_rows = summary(capsys.readouterr().out)
+def test_backfill_events_equal_the_direct_runners(engine, backfill, tmp_path, request):
+    direct, direct_rows = run_backfill(backfill, tmp_path / "direct")
     args, logs = engine_args(request, engine)
 
-    events = run_backfill(backfill, tmp_path / engine, *args)
-    rows = summary(capsys.readouterr().out)
+    events, rows = run_backfill(backfill, tmp_path / engine, *args, in_process=engine != "prism")
 
     assert len(direct) > 300
     assert events == direct, logs

@@ -339,9 +339,15 @@ def start_cluster(
     taskmanagers: int = 2,
     slots: int = 2,
     extra_conf: dict[str, str] | None = None,
+    worker_env: dict[str, str] | None = None,
     quiet: bool = False,
 ) -> FlinkServices:
-    """Starts a JobManager, ``taskmanagers`` TaskManagers, a job server and a worker pool."""
+    """Starts a JobManager, ``taskmanagers`` TaskManagers, a job server and a worker pool.
+
+    ``worker_env`` is added to the worker pool's environment: the SDK workers, where the
+    Kinesis sink runs, take their AWS credentials from it (boto3's default chain), not
+    from the process that submits the job.
+    """
     fetch_classpath(quiet)
     state_dir.mkdir(parents=True, exist_ok=True)
     services = FlinkServices(str(state_dir), "cluster")
@@ -384,7 +390,7 @@ def start_cluster(
         )
         for index in range(taskmanagers):
             start_taskmanager(services, index, slots, extra_conf, quiet)
-        _start_worker_pool(services, quiet)
+        _start_worker_pool(services, quiet, worker_env)
         _start_job_server(services, f"localhost:{rest_port}", quiet)
     except BaseException:
         services.stop()
@@ -400,9 +406,11 @@ def _rest_ok(rest_port: int) -> bool:
         return False
 
 
-def _start_worker_pool(services: FlinkServices, quiet: bool) -> None:
+def _start_worker_pool(
+    services: FlinkServices, quiet: bool, worker_env: dict[str, str] | None = None
+) -> None:
     port = free_port()
-    env = dict(os.environ)
+    env = {**os.environ, **(worker_env or {})}
     # The pool starts each worker as a bare `python`: this interpreter's folder (the
     # project's virtualenv) must come first on PATH, or workers lack apache_beam.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
