@@ -8,7 +8,7 @@ setuptools.setup(
     name="segment-events-kinesis",
     version="0.1.0",
     description="Apache Beam job: profile snapshots to segment entry/exit events on Kinesis",
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # logging.getLevelNamesMapping, datetime.UTC
     packages=setuptools.find_packages(
         include=["pipeline", "pipeline.*", "transforms", "transforms.*"]
     ),

@@ -12,6 +12,8 @@ import logging
 import os
 import re
 import sys
+import tempfile
+import traceback
 from collections.abc import Sequence
 
 import apache_beam as beam
@@ -24,7 +26,8 @@ from pipeline.graph import JobSettings, build_pipeline
 from pipeline.options import SegmentEventsOptions
 from pipeline.runners import LOCAL_RUNNER_NAMES, OfflineDirectRunner
 from transforms.read import METRICS_NAMESPACE, InputError, match_snapshot_files
-from transforms.snapshot_time import SnapshotTimeError
+from transforms.snapshot_time import SnapshotTimeError, snapshot_time_from_path
+from transforms.timestamps import format_timestamp
 from transforms.watch import DEFAULT_WATCH_INTERVAL_SECONDS
 
 _LOG = logging.getLogger(__name__)
@@ -67,9 +70,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the one place that turns failures into a line
         _LOG.debug("pipeline failed", exc_info=True)
         print(f"error: the pipeline failed: {_one_line(err)}", file=sys.stderr)
+        report = write_failure_report()
+        if report:
+            print(f"  the full traceback is in {report}", file=sys.stderr)
         return EXIT_FAILED
     print_summary(counters)
     return 0
+
+
+def write_failure_report() -> str | None:
+    """Writes the traceback being handled to an owner-only file; returns its path.
+
+    A multi-hour run that fails must not have to be repeated to see why. The file is
+    created with mode 0600 (``mkstemp``) in the temp folder (``TMPDIR``): an
+    exception's text may quote input, so it is kept out of shared logs.
+    """
+    try:
+        handle, path = tempfile.mkstemp(prefix="segment-events-failure-", suffix=".txt")
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(traceback.format_exc())
+        return path
+    except OSError:
+        return None
 
 
 def configure_logging(level_name: str) -> None:
@@ -211,10 +233,42 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
     )
     # Match now, so that a wrong pattern or an undated file fails before anything runs.
     # A streaming run watches for snapshots that have not landed yet: nothing to match.
-    if not streaming:
-        match_snapshot_files(settings.inputs, False, settings.snapshot_time_field)
-    match_snapshot_files(settings.baseline, True, settings.snapshot_time_field)
+    inputs = [] if streaming else match_snapshot_files(
+        settings.inputs, False, settings.snapshot_time_field
+    )
+    baseline = match_snapshot_files(settings.baseline, True, settings.snapshot_time_field)
+    _check_baseline_is_older(inputs, baseline)
+    if inputs and not baseline and not settings.snapshots_per_run:
+        input_times = {snapshot_time_from_path(f.path) for f in inputs}
+        if len(input_times) == 1 and None not in input_times:
+            _LOG.warning(
+                "one snapshot and no --baseline: every profile is seen for the first time, "
+                "so every current membership is sent as an entry (realized). For a daily "
+                "run, pass the previous snapshot as --baseline"
+            )
     return settings, config, options
+
+
+def _check_baseline_is_older(inputs, baseline) -> None:
+    """Refuses a baseline that is not older than every input snapshot (path times).
+
+    A baseline seeds what profiles were before the run. One at or after an input
+    snapshot would replay history backwards (swapped ``--input`` and ``--baseline``):
+    entries and exits computed against the future. Files whose time comes only from
+    ``--snapshot_time_field`` cannot be checked before reading, and are not.
+    """
+    def times(files):
+        found = (snapshot_time_from_path(f.path) for f in files)
+        return [t for t in found if t is not None]
+
+    baseline_times, input_times = times(baseline), times(inputs)
+    if baseline_times and input_times and max(baseline_times) >= min(input_times):
+        raise UsageError(
+            f"--baseline holds a snapshot of {format_timestamp(max(baseline_times))}, not "
+            f"older than the first --input snapshot ({format_timestamp(min(input_times))}); "
+            "a baseline is the state before the input (were --input and --baseline "
+            "swapped?). Nothing was run"
+        )
 
 
 def absolute_path(path: str | None) -> str | None:

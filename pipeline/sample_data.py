@@ -198,7 +198,7 @@ def generate_snapshots(
 
 
 def _stamp(day: dt.date, offset_seconds: int) -> str:
-    moment = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
+    moment = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
     moment += dt.timedelta(seconds=offset_seconds)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -237,6 +237,8 @@ def test_an_invalid_beam_flag_value_is_one_usage_line(snapshot, capsys):
 def test_relative_paths_become_absolute_before_the_graph_is_built(snapshot, tmp_path, monkeypatch):
     _, config = snapshot
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "base").mkdir()
+    _dated(tmp_path / "base", "2024-01-30")
     settings, _, _ = parse_args(
         [
             "--config",
@@ -244,7 +246,7 @@ def test_relative_paths_become_absolute_before_the_graph_is_built(snapshot, tmp_
             "--input",
             "snapshot=*/part.jsonl",
             "--baseline",
-            "./snapshot=*/part.jsonl",
+            "./base/snapshot=2024-01-30/part.jsonl",
             "--output_path",
             "out/events",
             "--dead_letter_path",
@@ -252,7 +254,7 @@ def test_relative_paths_become_absolute_before_the_graph_is_built(snapshot, tmp_
         ]
     )
     assert settings.inputs == (str(tmp_path / "snapshot=*" / "part.jsonl"),)
-    assert settings.baseline == (str(tmp_path / "snapshot=*" / "part.jsonl"),)
+    assert settings.baseline == (str(tmp_path / "base" / "snapshot=2024-01-30" / "part.jsonl"),)
     assert settings.output_path == str(tmp_path / "out" / "events")
     assert settings.dead_letter_path == str(tmp_path / "out" / "dead")
 
@@ -288,3 +290,78 @@ def test_a_relative_glob_starting_with_a_wildcard_folder_reads_its_files(
     )
     assert code == 0, capsys.readouterr().err
     assert len(read_lines(str(tmp_path / "out" / "events"))) > 20
+
+
+def _dated(tmp_path, day):
+    folder = tmp_path / f"snapshot={day}"
+    folder.mkdir()
+    (folder / "part.jsonl").write_text("{}\n")
+    return str(folder / "part.jsonl")
+
+
+@pytest.mark.parametrize("baseline_day", ["2024-02-01", "2024-02-02"])
+def test_a_baseline_not_older_than_the_input_is_refused(tmp_path, capsys, baseline_day):
+    config = tmp_path / "activation.json"
+    config.write_text(json.dumps({"segments": "*"}))
+    inputs = [_dated(tmp_path, "2024-02-01"), _dated(tmp_path, "2024-02-03")]
+    baseline = str(tmp_path / f"snapshot={baseline_day}" / "part.jsonl")
+    if not os.path.exists(baseline):
+        _dated(tmp_path, baseline_day)
+    argv = ["--config", str(config), "--output_path", str(tmp_path / "o"), "--baseline", baseline]
+    for path in inputs:
+        argv += ["--input", path]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "were --input and --baseline swapped?" in err[0]
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob("o*"))
+
+
+def test_one_snapshot_without_a_baseline_warns_naming_baseline(tmp_path, caplog):
+    config = tmp_path / "activation.json"
+    config.write_text(json.dumps({"segments": "*"}))
+    path = _dated(tmp_path, "2024-02-01")
+    with caplog.at_level("WARNING", logger="pipeline.main"):
+        parse_args(["--config", str(config), "--input", path, "--output_path", "o"])
+    assert any("--baseline" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    older = _dated(tmp_path, "2024-01-31")
+    with caplog.at_level("WARNING", logger="pipeline.main"):
+        parse_args(
+            ["--config", str(config), "--input", path, "--baseline", older, "--output_path", "o"]
+        )
+    assert not any("--baseline" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unexpected_failure_keeps_its_traceback_in_an_owner_only_file(
+    snapshot, tmp_path, capsys, monkeypatch
+):
+    import pipeline.main as cli
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("boom in the middle of a run")
+
+    monkeypatch.setattr(cli, "run_job", broken)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(cli.tempfile, "tempdir", None)
+    path, config = snapshot
+    assert main(["--config", config, "--input", path, "--output_path", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "error: the pipeline failed: boom in the middle of a run"
+    report = err[1].split(" is in ", 1)[1]
+    assert report.startswith(str(tmp_path))
+    text = open(report, encoding="utf-8").read()
+    assert "Traceback" in text and "def broken" not in text and "RuntimeError: boom" in text
+    assert os.stat(report).st_mode & 0o077 == 0
+
+
+def test_the_declared_python_version_is_the_one_the_code_needs():
+    import datetime
+    import logging
+    import re
+
+    text = open(os.path.join(ROOT, "setup.py"), encoding="utf-8").read()
+    assert re.search(r'python_requires=">=3\.11"', text)
+    # The 3.11 features the code uses: present here, and why 3.10 is not enough.
+    assert hasattr(datetime, "UTC") and hasattr(logging, "getLevelNamesMapping")
+    pyproject = open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8").read()
+    assert 'target-version = "py311"' in pyproject

@@ -53,7 +53,7 @@ def deaggregate(entry: dict) -> list[tuple[str, bytes]]:
         "Data": entry["Data"],
         "PartitionKey": entry["PartitionKey"],
         "SequenceNumber": "1",
-        "ApproximateArrivalTimestamp": datetime.datetime.now(datetime.timezone.utc),
+        "ApproximateArrivalTimestamp": datetime.datetime.now(datetime.UTC),
     }
     out = []
     for user in iter_deaggregate_records([boto_record], data_format="Boto3"):

@@ -125,7 +125,7 @@ def user_records(client, stream: str) -> list[dict]:
             "Data": rec["data"],
             "PartitionKey": rec["partition_key"],
             "SequenceNumber": rec["sequence_number"],
-            "ApproximateArrivalTimestamp": datetime.datetime.now(datetime.timezone.utc),
+            "ApproximateArrivalTimestamp": datetime.datetime.now(datetime.UTC),
         }
         for user in iter_deaggregate_records([boto], data_format="Boto3"):
             k = user["kinesis"]

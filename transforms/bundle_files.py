@@ -85,7 +85,7 @@ class _WriteBundleFileFn(beam.DoFn):
 
     def _open(self) -> None:
         folder, base = FileSystems.split(self._prefix)
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         name = f"{base}-{stamp}-{uuid.uuid4().hex[:12]}{self._suffix}"
         self._final = FileSystems.join(folder, name) if folder else name
         temp_name = f".{name}.tmp"

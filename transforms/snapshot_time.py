@@ -60,7 +60,7 @@ def snapshot_time_from_path(path: str) -> int | None:
                 int(hour or 0),
                 int(minute or 0),
                 int(second or 0),
-                tzinfo=dt.timezone.utc,
+                tzinfo=dt.UTC,
             )
         except ValueError:
             continue

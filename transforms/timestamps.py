@@ -10,7 +10,7 @@ import datetime as dt
 import functools
 import re
 
-_UTC = dt.timezone.utc
+_UTC = dt.UTC
 # ISO-8601 date-time with an optional fraction and a Z, +HHMM or +HH:MM offset.
 _DATETIME_RE = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?"
