@@ -233,8 +233,10 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
     )
     # Match now, so that a wrong pattern or an undated file fails before anything runs.
     # A streaming run watches for snapshots that have not landed yet: nothing to match.
-    inputs = [] if streaming else match_snapshot_files(
-        settings.inputs, False, settings.snapshot_time_field
+    inputs = (
+        []
+        if streaming
+        else match_snapshot_files(settings.inputs, False, settings.snapshot_time_field)
     )
     baseline = match_snapshot_files(settings.baseline, True, settings.snapshot_time_field)
     _check_baseline_is_older(inputs, baseline)
@@ -257,6 +259,7 @@ def _check_baseline_is_older(inputs, baseline) -> None:
     entries and exits computed against the future. Files whose time comes only from
     ``--snapshot_time_field`` cannot be checked before reading, and are not.
     """
+
     def times(files):
         found = (snapshot_time_from_path(f.path) for f in files)
         return [t for t in found if t is not None]

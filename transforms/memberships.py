@@ -399,7 +399,6 @@ def apply_record(
         transition = None
         if emit and triggers.segments and changes:
             transition = _transition(snapshot_ms, changes, state.identities, state.attributes)
-            _count(counters, changes)
         return ProfileState(snapshot_ms, True, memberships), transition
     changes, memberships = diff_memberships(previous, record["segments"], snapshot_ms)
     identities = record["identities"]
@@ -429,7 +428,6 @@ def apply_record(
         else:
             segments = changes
         transition = _transition(snapshot_ms, segments, identities, attributes)
-        _count(counters, changes)
     return ProfileState(snapshot_ms, False, memberships, identities, attributes), transition
 
 
@@ -446,9 +444,7 @@ def apply_keep(
         tally.counters["profiles_kept_on_bad_record"] += 1
     if state is None or state.gone:
         return state
-    return ProfileState(
-        snapshot_ms, False, state.memberships, state.identities, state.attributes
-    )
+    return ProfileState(snapshot_ms, False, state.memberships, state.identities, state.attributes)
 
 
 def apply_absence(
@@ -474,8 +470,6 @@ def apply_absence(
     transition = None
     if emit and triggers.segments and changes:
         transition = _transition(snapshot_ms, changes, state.identities, state.attributes)
-        if tally is not None:
-            _count(tally.counters, changes)
     return ProfileState(snapshot_ms, True, memberships), transition
 
 
@@ -487,16 +481,6 @@ def _transition(snapshot_ms: int, segments: Memberships, identities: dict, attri
         "identities": identities,
         "attributes": attributes,
     }
-
-
-def _count(counters: dict[str, int], changes: Memberships) -> None:
-    counters["transition_events"] += 1
-    for by_id in changes.values():
-        for entry in by_id.values():
-            if entry[0] == EXITED:
-                counters["transitions_exited"] += 1
-            else:
-                counters["transitions_entered"] += 1
 
 
 # -------------------------------------------------------------------------- replays

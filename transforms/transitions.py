@@ -391,8 +391,7 @@ def check_bad_records(counts: dict[int, int], max_bad_records: int) -> frozenset
     total = sum(counts.values())
     if total > max_bad_records:
         where = ", ".join(
-            "unknown snapshot" if t == ANY_SNAPSHOT else format_timestamp(t)
-            for t in sorted(counts)
+            "unknown snapshot" if t == ANY_SNAPSHOT else format_timestamp(t) for t in sorted(counts)
         )
         raise BadRecordsError(
             f"{total} input record(s) could not be read and do not say which profile they "
