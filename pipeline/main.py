@@ -25,6 +25,7 @@ from pipeline.config import ActivationConfig, ConfigError, load_config
 from pipeline.graph import JobSettings, build_pipeline
 from pipeline.options import SegmentEventsOptions
 from pipeline.runners import LOCAL_RUNNER_NAMES, OfflineDirectRunner
+from transforms.kinesis_client import StreamCheckError, check_stream, make_kinesis_client
 from transforms.read import METRICS_NAMESPACE, InputError, match_snapshot_files
 from transforms.snapshot_time import SnapshotTimeError, snapshot_time_from_path
 from transforms.timestamps import format_timestamp
@@ -59,6 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError, InputError, SnapshotTimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if settings.kinesis_stream:
+        try:
+            preflight_stream(settings)
+        except StreamCheckError as err:
+            print(f"error: {err}; nothing was run", file=sys.stderr)
+            return EXIT_USAGE
     try:
         if settings.snapshots_per_run:
             counters = run_split_backfill(settings, config, options, run_job)
@@ -77,6 +84,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner_name = options.view_as(StandardOptions).runner
     print_summary(counters, complete=not (settings.streaming and runner_name in LOCAL_RUNNER_NAMES))
     return 0
+
+
+def preflight_stream(settings: JobSettings) -> None:
+    """Describes the output stream from the submitting machine before anything runs."""
+    client = make_kinesis_client(
+        settings.kinesis_region,
+        settings.kinesis_endpoint_url,
+        settings.kinesis_role_arn,
+        max_pool_connections=1,
+        connect_timeout=5.0,
+        read_timeout=15.0,
+    )
+    check_stream(client, settings.kinesis_stream)
 
 
 def write_failure_report() -> str | None:

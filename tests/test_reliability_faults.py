@@ -75,7 +75,8 @@ def test_unreachable_endpoint_fails_fast_naming_stream_and_endpoint(
     code = main(job_args(config, tmp_path, "nowhere", endpoint))
     elapsed = time.monotonic() - started
     err = capsys.readouterr().err
-    assert code == 1
+    # Found by the preflight on the submitting machine, before any pipeline ran.
+    assert code == 2
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, err
     assert "Kinesis stream 'nowhere'" in errors[0] and endpoint in errors[0], errors[0]
@@ -229,3 +230,21 @@ def test_crash_and_rerun_delivers_every_event(tmp_path, kinesis_stream, fault_pr
     assert sorted(report.events) == expected
     # The rerun re-sent what run 1 had sent: those are the repeats the consumer dropped.
     assert report.repeats >= check_numbered_stream(partial, None).distinct
+
+
+def test_a_missing_stream_fails_in_seconds_before_anything_runs(
+    tmp_path, kinesalite, aws_local_env, capsys
+):
+    config = write_numbered_snapshots(str(tmp_path), profiles=50, snapshots=2)
+    started = time.monotonic()
+    code = main(job_args(config, tmp_path, "no-such-stream", kinesalite.endpoint_url))
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"error: Kinesis stream 'no-such-stream' does not exist at {kinesalite.endpoint_url} "
+        "(check --kinesis_stream, --kinesis_region and --kinesis_endpoint_url); nothing was run"
+    ]
+    assert elapsed < 10, elapsed
+    # Nothing was computed: no dead-letter folder, no Beam temp folder.
+    assert not (tmp_path / "out").exists()

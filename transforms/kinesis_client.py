@@ -18,6 +18,8 @@ import botocore.session
 from botocore.config import Config
 from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
 
+from transforms.kinesis_errors import classify_exception
+
 logger = logging.getLogger(__name__)
 
 _USER_AGENT_EXTRA = "segment-events-kinesis-sink"
@@ -111,3 +113,45 @@ def make_kinesis_client(
         session = _assume_role_session(session, role_arn, session_name, config)
         logger.info("Kinesis sink assumes role %s", role_arn)
     return session.client("kinesis", endpoint_url=endpoint_url, config=config)
+
+
+class StreamCheckError(RuntimeError):
+    """The stream cannot be written: missing, not active, or not visible to the caller."""
+
+
+_WRITABLE_STATUSES = ("ACTIVE", "UPDATING")
+
+
+def check_stream(client: Any, stream: str) -> None:
+    """Checks, before any work, that ``stream`` exists, is active and can be described.
+
+    One ``DescribeStreamSummary`` call (IAM ``kinesis:DescribeStreamSummary``): a wrong
+    stream name, region, endpoint or credential then fails in seconds, not after hours
+    of computing. Writing is still proven only by the first ``PutRecords``.
+
+    Raises:
+        StreamCheckError: With one line saying what is wrong.
+    """
+    endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None)
+    where = f"at {endpoint}" if endpoint else "in its region"
+    try:
+        summary = client.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]
+    except Exception as exc:  # noqa: BLE001 - classified below into one line
+        failure = classify_exception(exc)
+        if failure.code == "ResourceNotFoundException":
+            raise StreamCheckError(
+                f"Kinesis stream '{stream}' does not exist {where} (check --kinesis_stream, "
+                "--kinesis_region and --kinesis_endpoint_url)"
+            ) from None
+        if failure.unreachable:
+            raise StreamCheckError(
+                f"Kinesis stream '{stream}': cannot reach the endpoint {endpoint or where}: "
+                f"{failure.describe()}"
+            ) from None
+        raise StreamCheckError(
+            f"Kinesis stream '{stream}' {where}: cannot describe it with these credentials "
+            f"({failure.describe()})"
+        ) from None
+    status = summary.get("StreamStatus")
+    if status not in _WRITABLE_STATUSES:
+        raise StreamCheckError(f"Kinesis stream '{stream}' {where} is {status}, not ACTIVE")
