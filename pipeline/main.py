@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError, InputError, SnapshotTimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    if settings.kinesis_stream:
+    if settings.kinesis_stream and not options.view_as(SegmentEventsOptions).skip_stream_check:
         try:
             preflight_stream(settings)
         except StreamCheckError as err:

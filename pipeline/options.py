@@ -95,6 +95,15 @@ class SegmentEventsOptions(PipelineOptions):
             "job; malformed input records are counted in the run summary, not written).",
         )
         parser.add_argument(
+            "--skip_stream_check",
+            action="store_true",
+            default=False,
+            help="Do not describe --kinesis_stream from the submitting machine before the "
+            "run (for a submitter without AWS credentials, e.g. when only the Dataflow or "
+            "Flink workers have them). Default: off (a missing or unreachable stream fails "
+            "in seconds).",
+        )
+        parser.add_argument(
             "--max_bad_records",
             type=int,
             default=0,

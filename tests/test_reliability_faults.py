@@ -248,3 +248,17 @@ def test_a_missing_stream_fails_in_seconds_before_anything_runs(
     assert elapsed < 10, elapsed
     # Nothing was computed: no dead-letter folder, no Beam temp folder.
     assert not (tmp_path / "out").exists()
+
+
+def test_skip_stream_check_leaves_the_stream_to_the_workers(tmp_path, capsys, monkeypatch):
+    import pipeline.main as cli
+
+    def no_preflight(_settings):
+        raise AssertionError("the stream was described")
+
+    monkeypatch.setattr(cli, "preflight_stream", no_preflight)
+    monkeypatch.setattr(cli, "run_job", lambda *_args: {"records_read": 1})
+    config = write_numbered_snapshots(str(tmp_path), profiles=5, snapshots=1)
+    argv = job_args(config, tmp_path, "s", "http://127.0.0.1:9", "--kinesis_region", "eu-west-1")
+    assert main([*argv, "--skip_stream_check"]) == 0
+    assert "records read" in capsys.readouterr().out
