@@ -225,12 +225,24 @@ class FlinkServices:
         for service in reversed(self.services):
             stop_pid(service.pid)
 
-    def _start(self, name: str, cmd: list[str], env: dict[str, str] | None = None):
+    def _start(
+        self,
+        name: str,
+        cmd: list[str],
+        waiting_for: str,
+        ready,
+        quiet: bool,
+        env: dict[str, str] | None = None,
+    ) -> int:
+        """Starts ``cmd`` as service ``name``, waits until ``ready()``; returns its PID."""
         log = Path(self.state_dir) / f"{name}.log"
         proc = spawn(cmd, log, env=env)
         self.services.append(Service(name, proc.pid, str(log)))
         self.save()
-        return proc
+        wait_until(
+            waiting_for, ready, pid=proc.pid, log_path=log, timeout=STARTUP_TIMEOUT, quiet=quiet
+        )
+        return proc.pid
 
 
 def _write_conf(folder: Path, conf: dict[str, str]) -> Path:
@@ -241,7 +253,9 @@ def _write_conf(folder: Path, conf: dict[str, str]) -> Path:
 
 def _start_job_server(services: FlinkServices, flink_master: str, quiet: bool) -> None:
     job_port, artifact_port, expansion_port = free_port(), free_port(), free_port()
-    proc = services._start(
+    services.job_endpoint = f"localhost:{job_port}"
+    services.save()
+    services._start(
         "job-server",
         _java_cmd(
             "org.apache.beam.runners.flink.FlinkJobServerDriver",
@@ -254,16 +268,9 @@ def _start_job_server(services: FlinkServices, flink_master: str, quiet: bool) -
                 f"--expansion-port={expansion_port}",
             ],
         ),
-    )
-    services.job_endpoint = f"localhost:{job_port}"
-    services.save()
-    wait_until(
         f"the Flink job server on localhost:{job_port}",
         lambda: port_open(job_port),
-        pid=proc.pid,
-        log_path=Path(services.services[-1].log),
-        timeout=STARTUP_TIMEOUT,
-        quiet=quiet,
+        quiet,
     )
 
 
@@ -301,23 +308,17 @@ def start_taskmanager(
     folder = _write_conf(state / f"tm-{index}", conf)
     before = _registered_taskmanagers(services.rest_port or 0)
     name = f"taskmanager-{index}"
-    proc = services._start(
+    return services._start(
         name,
         _java_cmd(
             "org.apache.flink.runtime.taskexecutor.TaskManagerRunner",
             TASKMANAGER_JVM,
             ["--configDir", str(folder)],
         ),
-    )
-    wait_until(
         f"TaskManager {index} to register with the JobManager",
         lambda: _registered_taskmanagers(services.rest_port or 0) > before,
-        pid=proc.pid,
-        log_path=Path(services.services[-1].log),
-        timeout=STARTUP_TIMEOUT,
-        quiet=quiet,
+        quiet,
     )
-    return proc.pid
 
 
 def start_embedded(state_dir: Path, quiet: bool = False) -> FlinkServices:
@@ -372,21 +373,16 @@ def start_cluster(
         }
         folder = _write_conf(state_dir / "jobmanager", conf)
         services.rest_port = rest_port
-        proc = services._start(
+        services._start(
             "jobmanager",
             _java_cmd(
                 "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint",
                 JOBMANAGER_JVM,
                 ["--configDir", str(folder)],
             ),
-        )
-        wait_until(
             f"the Flink JobManager's REST API on localhost:{rest_port}",
             lambda: _rest_ok(rest_port),
-            pid=proc.pid,
-            log_path=Path(services.services[-1].log),
-            timeout=STARTUP_TIMEOUT,
-            quiet=quiet,
+            quiet,
         )
         for index in range(taskmanagers):
             start_taskmanager(services, index, slots, extra_conf, quiet)
@@ -414,7 +410,9 @@ def _start_worker_pool(
     # The pool starts each worker as a bare `python`: this interpreter's folder (the
     # project's virtualenv) must come first on PATH, or workers lack apache_beam.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    proc = services._start(
+    services.worker_pool = f"localhost:{port}"
+    services.save()
+    services._start(
         "worker-pool",
         [
             sys.executable,
@@ -422,17 +420,10 @@ def _start_worker_pool(
             "apache_beam.runners.worker.worker_pool_main",
             f"--service_port={port}",
         ],
-        env=env,
-    )
-    services.worker_pool = f"localhost:{port}"
-    services.save()
-    wait_until(
         f"the Python SDK worker pool on localhost:{port}",
         lambda: port_open(port),
-        pid=proc.pid,
-        log_path=Path(services.services[-1].log),
-        timeout=STARTUP_TIMEOUT,
-        quiet=quiet,
+        quiet,
+        env=env,
     )
 
 
