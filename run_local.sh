@@ -46,7 +46,7 @@ cleanup() {
   if [ -f "$DEMO/flink/services.json" ]; then
     "$PY" -m tools.flink stop --state-dir "$DEMO/flink" || true
   fi
-  "$PY" -m pipeline.local_kinesis stop --pid-file "$DEMO/kinesalite.pid" >/dev/null 2>&1 || true
+  "$PY" -m tools.kinesalite stop --pid-file "$DEMO/kinesalite.pid" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
@@ -68,13 +68,13 @@ case "$ENGINE" in
 esac
 
 echo "==> starting kinesalite"
-"$PY" -m pipeline.local_kinesis start --pid-file "$DEMO/kinesalite.pid" \
+"$PY" -m tools.kinesalite start --pid-file "$DEMO/kinesalite.pid" \
   --endpoint-file "$DEMO/kinesalite.endpoint"
 ENDPOINT="$(cat "$DEMO/kinesalite.endpoint")"
-"$PY" -m pipeline.local_kinesis create-stream --endpoint "$ENDPOINT" --stream "$STREAM" --shards 2
+"$PY" -m tools.kinesalite create-stream --endpoint "$ENDPOINT" --stream "$STREAM" --shards 2
 
 echo "==> generating $SNAPSHOTS daily snapshots of $PROFILES profiles ($FORMAT)"
-"$PY" -m pipeline.sample_data --out "$DEMO/snapshots" --profiles "$PROFILES" \
+"$PY" -m tools.sample_data --out "$DEMO/snapshots" --profiles "$PROFILES" \
   --snapshots "$SNAPSHOTS" --format "$FORMAT"
 
 echo "==> running the pipeline ($ENGINE) into stream $STREAM"
@@ -85,7 +85,7 @@ echo "==> running the pipeline ($ENGINE) into stream $STREAM"
   --output_path "$DEMO/out/events" --dead_letter_path "$DEMO/out/dead-letters"
 
 echo "==> events read back from every shard of $STREAM"
-"$PY" -m pipeline.local_kinesis read --endpoint "$ENDPOINT" --stream "$STREAM" \
+"$PY" -m tools.kinesalite read --endpoint "$ENDPOINT" --stream "$STREAM" \
   --out "$DEMO/stream-events.jsonl"
 cat "$DEMO/stream-events.jsonl"
 echo "==> $(wc -l < "$DEMO/stream-events.jsonl") events read back from the stream;" \

@@ -33,7 +33,7 @@ bootstrap_python() {
 
 bootstrap_kinesalite() {
   echo "==> installing kinesalite into $KINESALITE_HOME (if needed)"
-  "$PY" -m pipeline.local_kinesis install
+  "$PY" -m tools.kinesalite install
 }
 
 bootstrap_engines() {

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="Data folder, kept (generated if it has none).")
     args = parser.parse_args(argv)
 
-    from pipeline.sample_data import write_snapshots
+    from tools.sample_data import write_snapshots
 
     data = args.data or tempfile.mkdtemp(prefix="bench-engines-")
     config_path = os.path.join(data, "activation.json")

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--segments", type=int, default=20, help="Default: 20.")
     args = parser.parse_args(argv)
 
-    from pipeline.sample_data import write_snapshots
+    from tools.sample_data import write_snapshots
 
     root = tempfile.mkdtemp(prefix="bench-memory-")
     results = {}

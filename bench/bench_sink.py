@@ -30,15 +30,15 @@ import apache_beam as beam  # noqa: E402
 from apache_beam.metrics.metric import MetricsFilter  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
-from pipeline.local_kinesis import (  # noqa: E402
+from tools.kinesalite import (  # noqa: E402
     create_stream,
     delete_stream,
     local_client,
     read_all_records,
     start_kinesalite,
 )
-from transforms.kinesis import WriteToKinesisStream  # noqa: E402
-from transforms.kinesis_client import make_kinesis_client  # noqa: E402
+from transforms.kinesis.client import make_kinesis_client  # noqa: E402
+from transforms.kinesis.sink import WriteToKinesisStream  # noqa: E402
 
 REGION = "us-east-1"
 

@@ -1,13 +1,13 @@
 """Benchmark: the whole job on the DirectRunner vs plain single-process Python.
 
-Both read the same Avro snapshots (``pipeline.sample_data``: daily snapshots with
+Both read the same Avro snapshots (``tools.sample_data``: daily snapshots with
 churn, absences, tombstones and duplicate records), apply the same transition rules
 and write the same JSON Lines events; the run fails if the two event sets differ.
 
 * Beam: ``python -m pipeline --config ... --input ... --output_path ...`` on the
   default local runner (the FnApiRunner), in a child process.
 * Plain: one loop over the snapshots in time order with a dict of profile states
-  (:mod:`transforms.memberships`) and the project's event formatter, in another child
+  (:mod:`transforms.segments.memberships`) and the project's event formatter, in another child
   process. It reads one snapshot at a time, so its memory follows the number of
   profiles, not the number of snapshots; it freezes the GC's view of its long-lived
   state after each snapshot (a one-line tuning any plain script can have).
@@ -61,17 +61,17 @@ def plain_job(config_path: str, pattern: str, out_path: str) -> dict:
 
     import fastavro
 
-    from pipeline.config import load_config
-    from transforms.events import EventFormatter
-    from transforms.memberships import (
+    from transforms.config import load_config
+    from transforms.events.format import EventFormatter
+    from transforms.segments.memberships import (
         Tally,
         Triggers,
         apply_absence,
         apply_record,
         merge_records,
     )
-    from transforms.profiles import RecordError, to_profile_record
-    from transforms.snapshot_time import snapshot_time_from_path
+    from transforms.snapshots.profiles import RecordError, to_profile_record
+    from transforms.snapshots.snapshot_time import snapshot_time_from_path
 
     startup = time.perf_counter() - _STARTED
     config = load_config(config_path)
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_RESULT_PREFIX + json.dumps(report), flush=True)
         return 0
 
-    from pipeline.sample_data import write_snapshots
+    from tools.sample_data import write_snapshots
 
     data = args.data or tempfile.mkdtemp(prefix="bench-transitions-")
     config_path = os.path.join(data, "activation.json")

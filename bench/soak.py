@@ -1,7 +1,7 @@
 """Soak: the whole job, >= 500k events, into a local Kinesis through a faulty proxy.
 
-Starts kinesalite and a fault-injecting proxy (``tests/fault_proxy.py``) in front of it,
-writes numbered snapshots (``tests/stream_check.py``: every event says which profile and
+Starts kinesalite and a fault-injecting proxy (``tools/fault_proxy.py``) in front of it,
+writes numbered snapshots (``tools/stream_check.py``: every event says which profile and
 snapshot it belongs to), runs ``python -m pipeline`` as a subprocess against the proxy
 while 20% of the PutRecords entries are throttled, and every ``--fault-every`` requests
 one request gets a 500, a connection reset before forwarding, or a reset after forwarding
@@ -35,14 +35,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.local_kinesis import (  # noqa: E402
+from tools.fault_proxy import FaultProxy  # noqa: E402
+from tools.kinesalite import (  # noqa: E402
     create_stream,
     local_client,
     read_all_records,
     start_kinesalite,
 )
-from tests.fault_proxy import FaultProxy  # noqa: E402
-from tests.stream_check import (  # noqa: E402
+from tools.stream_check import (  # noqa: E402
     check_numbered_stream,
     numbered_glob,
     numbered_pairs,

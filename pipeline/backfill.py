@@ -3,7 +3,7 @@
 A batch run groups every profile's whole history, and the local runner holds that
 shuffle in memory, so one run over months of snapshots needs memory for all of them. A
 split backfill runs the job once per group of N consecutive snapshots, in time order.
-Each run writes the state every profile ends with (:mod:`transforms.carried_state`) and
+Each run writes the state every profile ends with (:mod:`transforms.segments.carried_state`) and
 the next run starts from it, so the events are exactly those of one run over all the
 snapshots (``tests/test_memberships.py`` proves the replay part for random histories,
 ``tests/test_split_backfill.py`` the job) while each run holds only N snapshots and the
@@ -35,11 +35,11 @@ from collections.abc import Callable
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
-from pipeline.config import ActivationConfig
 from pipeline.graph import JobSettings
-from transforms.read import SnapshotFile, match_snapshot_files
-from transforms.snapshot_time import require_snapshot_time
-from transforms.timestamps import format_timestamp
+from transforms.config import ActivationConfig
+from transforms.events.timestamps import format_timestamp
+from transforms.snapshots.read import SnapshotFile, match_snapshot_files
+from transforms.snapshots.snapshot_time import require_snapshot_time
 
 _LOG = logging.getLogger(__name__)
 

@@ -11,14 +11,14 @@ import apache_beam as beam
 from apache_beam.coders import coders
 from apache_beam.io.textio import WriteToText
 
-from pipeline.config import ActivationConfig
-from transforms.bundle_files import WriteFilePerBundle
-from transforms.carried_state import WriteCarriedStates
-from transforms.events import FormatSegmentEvents
-from transforms.kinesis import WriteToKinesisStream
-from transforms.read import ReadSnapshots, SnapshotFile
-from transforms.transitions import ComputeSegmentTransitions
-from transforms.watch import DEFAULT_WATCH_INTERVAL_SECONDS, WatchSnapshots
+from transforms.config import ActivationConfig
+from transforms.events.format import FormatSegmentEvents
+from transforms.files import WriteFilePerBundle
+from transforms.kinesis.sink import WriteToKinesisStream
+from transforms.segments.carried_state import WriteCarriedStates
+from transforms.segments.transitions import ComputeSegmentTransitions
+from transforms.snapshots.read import ReadSnapshots, SnapshotFile
+from transforms.snapshots.watch import DEFAULT_WATCH_INTERVAL_SECONDS, WatchSnapshots
 
 
 @dataclass(frozen=True)

@@ -21,15 +21,15 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from pipeline.backfill import run_split_backfill
-from pipeline.config import ActivationConfig, ConfigError, load_config
 from pipeline.graph import JobSettings, build_pipeline
 from pipeline.options import SegmentEventsOptions
 from pipeline.runners import LOCAL_RUNNER_NAMES, OfflineDirectRunner
-from transforms.kinesis_client import StreamCheckError, check_stream, make_kinesis_client
-from transforms.read import METRICS_NAMESPACE, InputError, match_snapshot_files
-from transforms.snapshot_time import SnapshotTimeError, snapshot_time_from_path
-from transforms.timestamps import format_timestamp
-from transforms.watch import DEFAULT_WATCH_INTERVAL_SECONDS
+from transforms.config import ActivationConfig, ConfigError, load_config
+from transforms.events.timestamps import format_timestamp
+from transforms.kinesis.client import StreamCheckError, check_stream, make_kinesis_client
+from transforms.snapshots.read import METRICS_NAMESPACE, InputError, match_snapshot_files
+from transforms.snapshots.snapshot_time import SnapshotTimeError, snapshot_time_from_path
+from transforms.snapshots.watch import DEFAULT_WATCH_INTERVAL_SECONDS
 
 _LOG = logging.getLogger(__name__)
 # Beam has flags for S3 keys; secrets must come from the AWS default chain instead.

@@ -12,7 +12,7 @@ runner here makes the same choice Beam makes after Prism, directly:
   pipeline stage by stage and hands a stage's output on only once the stage finished,
   so a watch that runs for hours would deliver nothing before it stops. For streaming,
   the watch of new snapshots is swapped for a root transform of that runner (see
-  :func:`transforms.watch.direct_runner_overrides`).
+  :func:`transforms.snapshots.watch.direct_runner_overrides`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from apache_beam.transforms import userstate
 from apache_beam.transforms.core import ParDo
 from apache_beam.transforms.timeutil import TimeDomain
 
-from transforms.watch import direct_runner_overrides
+from transforms.snapshots.watch import direct_runner_overrides
 
 _LOG = logging.getLogger(__name__)
 LOCAL_RUNNER_NAMES = (None, "DirectRunner", "SwitchingDirectRunner")

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from pipeline.local_kinesis import (
+from tools.fault_proxy import FaultProxy
+from tools.flink.services import FlinkServices, start_cluster, start_embedded
+from tools.kinesalite import (
     KinesaliteServer,
     create_stream,
     delete_stream,
     local_client,
     start_kinesalite,
 )
-from tests.fault_proxy import FaultProxy
-from tools.flink.services import FlinkServices, start_cluster, start_embedded
 from tools.prism import prism_binary
 
 _stream_ids = itertools.count()

@@ -273,8 +273,8 @@ def test_urls_are_left_as_they_are():
 def test_a_relative_glob_starting_with_a_wildcard_folder_reads_its_files(
     tmp_path, monkeypatch, capsys, prefix
 ):
-    from pipeline.sample_data import write_snapshots
-    from tests.stream_check import read_lines
+    from tools.sample_data import write_snapshots
+    from tools.stream_check import read_lines
 
     write_snapshots(str(tmp_path), profiles=20, snapshots=2, fmt="avro")
     monkeypatch.chdir(tmp_path)

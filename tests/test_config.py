@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from pipeline.config import (
+from transforms.config import (
     ActivationConfig,
     ConfigError,
     SegmentMapping,

@@ -111,9 +111,9 @@ def assert_package_is_staged(runner):
     assert {
         "setup.py",
         "pipeline/graph.py",
-        "transforms/transitions.py",
-        "transforms/watch.py",
-        "transforms/kinesis.py",
+        "transforms/segments/transitions.py",
+        "transforms/snapshots/watch.py",
+        "transforms/kinesis/sink.py",
     } <= names
 
 

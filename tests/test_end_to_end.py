@@ -13,11 +13,11 @@ import os
 
 import pytest
 
-from pipeline.local_kinesis import create_stream, local_client, read_all_records
 from pipeline.main import main
-from pipeline.sample_data import write_snapshots
-from tests.event_schema import validate_event
-from tests.stream_check import read_lines
+from tests.support.event_schema import validate_event
+from tools.kinesalite import create_stream, local_client, read_all_records
+from tools.sample_data import write_snapshots
+from tools.stream_check import read_lines
 
 pytestmark = pytest.mark.integration
 

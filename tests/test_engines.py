@@ -20,11 +20,12 @@ import sys
 
 import pytest
 
-from pipeline.local_kinesis import read_all_records
 from pipeline.main import main
-from pipeline.sample_data import write_snapshots
 from tests.conftest import local_stream
-from tests.stream_check import (
+from tests.support.landing import SNAPSHOTS, events_by_profile, merge, run_landing_scenario
+from tools.kinesalite import read_all_records
+from tools.sample_data import write_snapshots
+from tools.stream_check import (
     NUMBERED_CONFIG,
     check_numbered_stream,
     numbered_glob,
@@ -32,7 +33,6 @@ from tests.stream_check import (
     read_lines,
     write_numbered_snapshots,
 )
-from tests.support.landing import SNAPSHOTS, events_by_profile, merge, run_landing_scenario
 
 pytestmark = [
     pytest.mark.integration,

@@ -18,16 +18,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import ActivationConfig, SegmentMapping, parse_config
-from tests.event_schema import validate_event
-from transforms.events import (
+from tests.support.event_schema import validate_event
+from transforms.config import ActivationConfig, SegmentMapping, parse_config
+from transforms.events.format import (
     EventFormatError,
     EventFormatter,
     event_id_for,
     format_event,
     partition_key_for,
 )
-from transforms.timestamps import parse_timestamp
+from transforms.events.timestamps import parse_timestamp
 
 
 def sha(text: str) -> str:

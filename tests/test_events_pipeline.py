@@ -11,10 +11,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import BeamAssertException, assert_that
 
-from pipeline.config import parse_config
 from pipeline.runners import OfflineDirectRunner
-from tests.event_schema import validate_records
-from transforms.events import FormatSegmentEvents, format_event
+from tests.support.event_schema import validate_records
+from transforms.config import parse_config
+from transforms.events.format import FormatSegmentEvents, format_event
 
 CONFIG = parse_config(
     {

@@ -9,7 +9,7 @@ import json
 import jsonschema
 import pytest
 
-from tests.event_schema import SCHEMA_PATH, load_schema, schema_errors, validate_event
+from tests.support.event_schema import SCHEMA_PATH, load_schema, schema_errors, validate_event
 
 VALID = {
     "eventId": hashlib.sha256(b"x").hexdigest(),

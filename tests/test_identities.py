@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import parse_config
-from transforms.identities import (
+from transforms.config import parse_config
+from transforms.events.identities import (
     hash_email,
     hash_phone,
     normalise_email,

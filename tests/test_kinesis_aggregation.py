@@ -1,4 +1,4 @@
-"""Unit tests of shard-aware KPL aggregation (transforms/kinesis_aggregation.py)."""
+"""Unit tests of shard-aware KPL aggregation (transforms/kinesis/aggregation.py)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from aws_kinesis_agg.deaggregator import iter_deaggregate_records
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.kinesis_aggregation import (
+from transforms.kinesis.aggregation import (
     ShardMap,
     aggregate_capacity,
     build_aggregated_entries,
     hash_key,
 )
-from transforms.kinesis_batching import PendingRecord, record_size
+from transforms.kinesis.batching import PendingRecord, record_size
 
 MAX_HASH = 2**128 - 1
 

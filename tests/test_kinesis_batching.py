@@ -1,4 +1,4 @@
-"""Unit and property tests of the per-key ordered buffer (transforms/kinesis_batching.py)."""
+"""Unit and property tests of the per-key ordered buffer (transforms/kinesis/batching.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.kinesis_batching import (
+from transforms.kinesis.batching import (
     KeyOrderedBuffer,
     PendingRecord,
     plain_entries,

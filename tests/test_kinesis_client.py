@@ -1,4 +1,4 @@
-"""Tests of the sink's client creation (transforms/kinesis_client.py)."""
+"""Tests of the sink's client creation (transforms/kinesis/client.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import apache_beam as beam
 import pytest
 
-from pipeline.local_kinesis import read_all_records
-from transforms.kinesis import WriteToKinesisStream
-from transforms.kinesis_client import kinesis_client_config, make_kinesis_client
+from tools.kinesalite import read_all_records
+from transforms.kinesis.client import kinesis_client_config, make_kinesis_client
+from transforms.kinesis.sink import WriteToKinesisStream
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/segment-writer"
 ROLE_KEY = "ASIAROLEKEYFORTESTS1"

@@ -1,4 +1,4 @@
-"""Tests of the local Kinesis tooling (pipeline/local_kinesis.py): install, server, CLI."""
+"""Tests of the local Kinesis tooling (tools/kinesalite.py): install, server, CLI."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import local_kinesis as lk
+from tools import kinesalite as lk
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.local_kinesis", *args],
+        [sys.executable, "-m", "tools.kinesalite", *args],
         cwd=REPO,
         capture_output=True,
         timeout=120,
@@ -104,7 +104,7 @@ def test_cli_serve_runs_until_sigterm(tmp_path):
         [
             sys.executable,
             "-m",
-            "pipeline.local_kinesis",
+            "tools.kinesalite",
             "serve",
             "--endpoint-file",
             str(endpoint_file),

@@ -14,8 +14,8 @@ from botocore.exceptions import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms import kinesis_errors as ke
-from transforms.kinesis_ratelimit import AimdController, TokenBucket, full_jitter_backoff
+from transforms.kinesis import errors as ke
+from transforms.kinesis.ratelimit import AimdController, TokenBucket, full_jitter_backoff
 
 
 @settings(max_examples=200, deadline=None)

@@ -18,8 +18,8 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from aws_kinesis_agg.deaggregator import iter_deaggregate_records
 
-from pipeline.local_kinesis import list_shards, read_all_records
-from transforms.kinesis import WriteToKinesisStream
+from tools.kinesalite import list_shards, read_all_records
+from transforms.kinesis.sink import WriteToKinesisStream
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Unit tests of the PutRecords engine (transforms/kinesis_writer.py) against a fake client.
+"""Unit tests of the PutRecords engine (transforms/kinesis/writer.py) against a fake client.
 
 The fake is an in-memory stream with scripted faults; it stands in for Kinesis only here.
 The same behaviours are tested over real HTTP against kinesalite in test_kinesis_sink.py.
@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.kinesis_writer import KinesisSinkError, KinesisWriter, SinkMetrics, SinkSettings
+from transforms.kinesis.writer import KinesisSinkError, KinesisWriter, SinkMetrics, SinkSettings
 
 
 def client_error(code: str, status: int = 400) -> ClientError:

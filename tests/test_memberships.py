@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import parse_config
-from transforms.memberships import (
+from transforms.config import parse_config
+from transforms.segments.memberships import (
     RETENTION_MS,
     ProfileState,
     Tally,
@@ -34,7 +34,7 @@ SEGMENTS_ONLY = Triggers()
 
 
 def rec(snapshot_ms, segments=None, identities=None, attributes=None, **flags):
-    """A record in the internal form of transforms.profiles (``ups`` segments)."""
+    """A record in the internal form of transforms.snapshots.profiles (``ups`` segments)."""
     return {
         "snapshot_ms": snapshot_ms,
         "baseline": flags.get("baseline", False),

@@ -14,12 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import parse_config
 from pipeline.runners import OfflineDirectRunner
-from pipeline.sample_data import AVRO_SCHEMA
-from transforms.profiles import RecordError, resolve_profile_key, to_profile_record
-from transforms.read import InputError, ReadSnapshots, match_snapshot_files
-from transforms.snapshot_time import SnapshotTimeError, require_snapshot_time
+from tools.sample_data import AVRO_SCHEMA
+from transforms.config import parse_config
+from transforms.snapshots.profiles import RecordError, resolve_profile_key, to_profile_record
+from transforms.snapshots.read import InputError, ReadSnapshots, match_snapshot_files
+from transforms.snapshots.snapshot_time import SnapshotTimeError, require_snapshot_time
 
 SEG = "7841ba61-23c1-4bb3-a495-00d695fe1e93"
 CONFIG = parse_config(

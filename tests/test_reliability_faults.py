@@ -1,7 +1,7 @@
 """Faults through the whole job (SPEC §6): the endpoint down, throttled, or the job killed.
 
-Each test runs the command line against kinesalite behind ``tests/fault_proxy.py`` on
-the numbered data set of ``tests/stream_check.py``, whose every event names its profile
+Each test runs the command line against kinesalite behind ``tools/fault_proxy.py`` on
+the numbered data set of ``tools/stream_check.py``, whose every event names its profile
 and snapshot, then reads every shard back like a consumer that drops repeats by
 ``eventId``, and checks that all expected events are there, once each after dedup, in
 snapshot order per partition key. Synchronisation is by polling the proxy's counters.
@@ -18,9 +18,9 @@ import time
 
 import pytest
 
-from pipeline.local_kinesis import read_all_records
 from pipeline.main import main
-from tests.stream_check import (
+from tools.kinesalite import read_all_records
+from tools.stream_check import (
     check_numbered_stream,
     numbered_glob,
     numbered_pairs,

@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.local_kinesis import read_all_records
 from pipeline.main import main
-from pipeline.sample_data import AVRO_SCHEMA, write_snapshots
-from tests.stream_check import read_lines
+from tools.kinesalite import read_all_records
+from tools.sample_data import AVRO_SCHEMA, write_snapshots
+from tools.stream_check import read_lines
 
 pytestmark = pytest.mark.integration
 
@@ -316,7 +316,7 @@ def test_usage_and_file_errors_are_one_line_without_traceback(tmp_path, aws_loca
 def test_file_gone_between_matching_and_reading_is_named(tmp_path):
     # Root reads any file whatever its mode, and globs skip directories and broken links;
     # what every user can hit is a file that disappears after the run started.
-    from transforms.read import InputFileError, _ReadFileFn
+    from transforms.snapshots.read import InputFileError, _ReadFileFn
 
     gone = tmp_path / "snapshot=2024-01-01" / "part-0.jsonl"
     with pytest.raises(InputFileError, match=rf"^{re.escape(str(gone))}: cannot open the file"):

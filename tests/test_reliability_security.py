@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from pipeline.local_kinesis import read_all_records
+from tools.kinesalite import read_all_records
 
 pytestmark = pytest.mark.integration
 

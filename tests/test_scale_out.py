@@ -17,7 +17,7 @@ from apache_beam.testing.util import BeamAssertException, assert_that
 
 from pipeline.main import main
 from pipeline.runners import OfflineDirectRunner
-from pipeline.sample_data import write_snapshots
+from tools.sample_data import write_snapshots
 
 MULTI_PROCESS = ("--direct_num_workers=2", "--direct_running_mode=multi_processing")
 

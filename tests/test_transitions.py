@@ -12,10 +12,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.config import parse_config
 from pipeline.runners import OfflineDirectRunner
-from transforms.memberships import ProfileState
-from transforms.transitions import (
+from transforms.config import parse_config
+from transforms.segments.memberships import ProfileState
+from transforms.segments.transitions import (
     ComputeSegmentTransitions,
     MassExitError,
     check_mass_exit,
@@ -177,7 +177,7 @@ def test_mass_exit_fails_the_run_and_sends_nothing():
 def test_allow_mass_exit_overrides(caplog):
     expected = [(f"p{i}", ev(T1, {"ups": {"a": ["realized", 1]}})) for i in range(150)]
     expected += [(f"p{i}", ev(T2, {"ups": {"a": ["exited", T2]}})) for i in range(40, 150)]
-    with caplog.at_level(logging.WARNING, logger="transforms.transitions"):
+    with caplog.at_level(logging.WARNING, logger="transforms.segments.transitions"):
         counters = run_batch(truncated_run(), allow_mass_exit=True, expected=expected)
     assert counters["profiles_absent_exits"] == 109
     assert any("mass exit allowed" in r.getMessage() for r in caplog.records)

@@ -11,9 +11,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from pipeline.config import parse_config
 from pipeline.runners import OfflineDirectRunner
-from transforms.transitions import ComputeSegmentTransitions
+from transforms.config import parse_config
+from transforms.segments.transitions import ComputeSegmentTransitions
 
 DAY = 86_400_000
 HOUR = 3_600_000
@@ -214,7 +214,7 @@ def truncated_stream(tracked=150, kept=40):
 def test_mass_exit_is_held_in_streaming(caplog):
     entries = [(f"p{i}", ev(T1, {"a": ["realized", 1]})) for i in range(150)]
     entries += [(f"p{i}", ev(T3, {"a": ["exited", T3]})) for i in range(40)]
-    with caplog.at_level(logging.WARNING, logger="transforms.transitions"):
+    with caplog.at_level(logging.WARNING, logger="transforms.segments.transitions"):
         run_stream(
             truncated_stream(),
             config(ttl="1d"),

@@ -1,4 +1,4 @@
-"""The streaming watch of landing folders (transforms.watch) and the per-bundle writer."""
+"""The streaming watch of landing folders (transforms.snapshots.watch) and the per-bundle writer."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.runners import OfflineDirectRunner
-from transforms.bundle_files import WriteFilePerBundle
-from transforms.watch import (
+from transforms.files import WriteFilePerBundle
+from transforms.snapshots.watch import (
     LandedFile,
     LandedSnapshotLister,
     WatchLandedFiles,
@@ -71,7 +71,7 @@ def test_lister_skips_unknown_and_undated_files_with_one_warning_each(tmp_path, 
     (undated / "part-0.jsonl").write_text("")
     (undated / "_SUCCESS").write_text("")
     lister = LandedSnapshotLister([str(tmp_path / "*" / "*")])
-    with caplog.at_level(logging.WARNING, logger="transforms.watch"):
+    with caplog.at_level(logging.WARNING, logger="transforms.snapshots.watch"):
         listed = lister.list_complete()
         lister.list_complete()
     assert [f.path for f in listed] == [str(tmp_path / "snapshot=2024-01-01" / "part-0.jsonl")]

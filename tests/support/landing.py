@@ -29,9 +29,9 @@ import sys
 import threading
 import time
 
-from pipeline.local_kinesis import read_all_records
 from pipeline.main import main
-from tests.event_schema import validate_event
+from tests.support.event_schema import validate_event
+from tools.kinesalite import read_all_records
 
 S1, S2 = "seg-1", "seg-2"
 CONFIG = {

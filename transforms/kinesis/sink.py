@@ -41,9 +41,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.kinesis_batching import DEFAULT_MAX_RECORD_BYTES
-from transforms.kinesis_client import make_kinesis_client
-from transforms.kinesis_writer import (
+from transforms.kinesis.batching import DEFAULT_MAX_RECORD_BYTES
+from transforms.kinesis.client import make_kinesis_client
+from transforms.kinesis.writer import (
     DeadLetter,
     KinesisSinkError,
     KinesisWriter,

@@ -2,7 +2,7 @@
 
 :class:`ComputeSegmentTransitions` turns ``(profile key, record)`` pairs into
 ``(profile key, transition)`` pairs. The rules live in the pure functions of
-:mod:`transforms.memberships`; this module only feeds them, in two modes.
+:mod:`transforms.segments.memberships`; this module only feeds them, in two modes.
 
 Batch (``streaming=False``)::
 
@@ -55,9 +55,10 @@ from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipeline.config import ActivationConfig
-from transforms.carried_state import CARRIED_STATE_FIELD, is_carried_state
-from transforms.memberships import (
+from transforms.config import ActivationConfig
+from transforms.events.timestamps import format_timestamp
+from transforms.segments.carried_state import CARRIED_STATE_FIELD, is_carried_state
+from transforms.segments.memberships import (
     ANY_SNAPSHOT,
     RETENTION_MS,
     ProfileState,
@@ -69,7 +70,6 @@ from transforms.memberships import (
     replay_batch,
     replay_stream,
 )
-from transforms.timestamps import format_timestamp
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class TransitionsResult(NamedTuple):
     """The outputs of :class:`ComputeSegmentTransitions`.
 
     Attributes:
-        transitions: ``(profile key, transition)``; see :mod:`transforms.memberships`.
+        transitions: ``(profile key, transition)``; see :mod:`transforms.segments.memberships`.
         dead_letters: Dicts ``{"stage", "reason", "error", "file", "raw"}``.
         states: Batch with ``carry_states``: ``(profile key, encoded state)`` to seed
             the next run of a split backfill; otherwise ``None``.
@@ -209,7 +209,7 @@ class ComputeSegmentTransitions(beam.PTransform):
         allow_mass_exit: Do not stop at the mass-exit guard (SPEC §7).
         carry_states: Batch only: the result's ``states`` holds what the next run of a
             split backfill needs, as opaque ``bytes`` values for
-            :class:`transforms.carried_state.WriteCarriedStates`.
+            :class:`transforms.segments.carried_state.WriteCarriedStates`.
         read_dead_letters: Batch only: the read step's dead letters. Those whose
             profile is unknown (``"profile_state": "unknown"``) make their snapshot
             incomplete: more than ``max_bad_records`` of them fail the run before any

@@ -2,7 +2,7 @@
 
 Importable::
 
-    from pipeline.local_kinesis import start_kinesalite, create_stream, read_all_records
+    from tools.kinesalite import start_kinesalite, create_stream, read_all_records
 
     with start_kinesalite() as server:
         client = local_client(server.endpoint_url)
@@ -12,10 +12,10 @@ Importable::
 
 and usable from shell scripts::
 
-    python -m pipeline.local_kinesis start --pid-file F --endpoint-file F2
-    python -m pipeline.local_kinesis create-stream --endpoint URL --stream NAME --shards 4
-    python -m pipeline.local_kinesis read --endpoint URL --stream NAME [--out FILE]
-    python -m pipeline.local_kinesis stop --pid-file F
+    python -m tools.kinesalite start --pid-file F --endpoint-file F2
+    python -m tools.kinesalite create-stream --endpoint URL --stream NAME --shards 4
+    python -m tools.kinesalite read --endpoint URL --stream NAME [--out FILE]
+    python -m tools.kinesalite stop --pid-file F
 
 kinesalite is installed from the npm registry, pinned, into a cache directory
 (``<repo>/.cache/kinesalite``, or ``$KINESALITE_HOME``). The server runs in memory and only
@@ -386,7 +386,7 @@ def _is_kinesalite(pid: int) -> bool:
         return False
     if any(a.rstrip(b"/").endswith(b"node_modules/kinesalite") for a in args):
         return True
-    return b"pipeline.local_kinesis" in args and b"serve" in args
+    return b"tools.kinesalite" in args and b"serve" in args
 
 
 def _cmd_install(_: argparse.Namespace) -> int:
@@ -490,7 +490,7 @@ def _cmd_delete_stream(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.local_kinesis", description=__doc__.split("\n", 1)[0]
+        prog="python -m tools.kinesalite", description=__doc__.split("\n", 1)[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -1,6 +1,6 @@
 """Deterministic sample snapshots for the demo, the tests and the benchmarks.
 
-``python -m pipeline.sample_data --out DIR`` writes daily snapshots as
+``python -m tools.sample_data --out DIR`` writes daily snapshots as
 ``DIR/snapshot=YYYY-MM-DD/part-NNNN.<avro|jsonl>`` plus ``DIR/activation.json``, a config
 mapping some of the segments. The same arguments always give the same bytes: every
 random choice comes from one seeded generator, and nothing reads the clock.
@@ -306,7 +306,7 @@ def write_snapshots(
 
 def main(argv: list[str] | None = None) -> int:
     """Command line of the generator."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.sample_data", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.sample_data", description=__doc__)
     parser.add_argument("--out", required=True, help="Output folder.")
     parser.add_argument("--profiles", type=int, default=200, help="Profiles. Default: 200.")
     parser.add_argument("--snapshots", type=int, default=3, help="Daily snapshots. Default: 3.")

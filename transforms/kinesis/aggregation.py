@@ -18,7 +18,7 @@ from typing import Any
 import aws_kinesis_agg
 from aws_kinesis_agg.aggregator import AggRecord
 
-from transforms.kinesis_batching import PendingRecord
+from transforms.kinesis.batching import PendingRecord
 
 # KPL's default AggregationMaxSize: big enough to amortise the per-record overhead, small
 # enough not to eat a whole shard's 1 MiB/s write budget with one record.

@@ -154,7 +154,7 @@ def check_numbered_stream(
 
     Args:
         records: ``{shard_id, sequence_number, partition_key, data}`` dicts (as
-            :func:`pipeline.local_kinesis.read_all_records` returns them: per shard, in
+            :func:`tools.kinesalite.read_all_records` returns them: per shard, in
             sequence order).
         expected: The ``(profile index, snapshot)`` pairs that must be present, or
             ``None`` to skip the completeness check.

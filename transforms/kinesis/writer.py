@@ -19,8 +19,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-from transforms import kinesis_errors
-from transforms.kinesis_aggregation import (
+from transforms.kinesis import errors as kinesis_errors
+from transforms.kinesis.aggregation import (
     DEFAULT_AGGREGATION_MAX_BYTES,
     DEFAULT_MAX_SHARD_BYTES_PER_REQUEST,
     ShardMap,
@@ -28,7 +28,7 @@ from transforms.kinesis_aggregation import (
     build_aggregated_entries,
     load_shard_map,
 )
-from transforms.kinesis_batching import (
+from transforms.kinesis.batching import (
     DEFAULT_MAX_RECORD_BYTES,
     MAX_PARTITION_KEY_CHARS,
     MAX_RECORDS_PER_REQUEST,
@@ -38,7 +38,7 @@ from transforms.kinesis_batching import (
     plain_entries,
     record_size,
 )
-from transforms.kinesis_ratelimit import AimdController, TokenBucket, full_jitter_backoff
+from transforms.kinesis.ratelimit import AimdController, TokenBucket, full_jitter_backoff
 
 logger = logging.getLogger(__name__)
 

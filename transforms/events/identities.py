@@ -31,7 +31,7 @@ import hashlib
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 
-from pipeline.config import ActivationConfig
+from transforms.config import ActivationConfig
 
 
 def normalise_email(address: str) -> str:
@@ -84,7 +84,7 @@ def hash_phone(number: str) -> str:
     return _sha256_hex(normalised) if normalised else ""
 
 
-# Hash functions by source namespace kind; keys are pipeline.config.HASHABLE_NAMESPACES.
+# Hash functions by source namespace kind; keys are transforms.config.HASHABLE_NAMESPACES.
 _HASHERS: dict[str, Callable[[str], str]] = {"email": hash_email, "phone": hash_phone}
 
 

@@ -29,11 +29,16 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipeline.config import ActivationConfig
-from transforms.carried_state import CARRIED_STATE_FORMAT, carried_state_record
-from transforms.profiles import RecordError, keep_record, known_profile_key, to_profile_record
-from transforms.snapshot_time import require_snapshot_time, snapshot_time_from_path
-from transforms.timestamps import TimestampError, parse_timestamp
+from transforms.config import ActivationConfig
+from transforms.events.timestamps import TimestampError, parse_timestamp
+from transforms.segments.carried_state import CARRIED_STATE_FORMAT, carried_state_record
+from transforms.snapshots.profiles import (
+    RecordError,
+    keep_record,
+    known_profile_key,
+    to_profile_record,
+)
+from transforms.snapshots.snapshot_time import require_snapshot_time, snapshot_time_from_path
 
 _LOG = logging.getLogger(__name__)
 DEAD_LETTER_TAG = "dead_letter"
@@ -151,7 +156,7 @@ class ReadSnapshots(beam.PTransform):
         files: Already matched files (one run of a split backfill); replaces the
             patterns, so that file names are never read as globs.
         carried_states: A glob of the profile states carried from the previous run of a
-            split backfill (:mod:`transforms.carried_state`). They come out among the
+            split backfill (:mod:`transforms.segments.carried_state`). They come out among the
             records, as ``(profile key, carried state record)``.
 
     Every file goes through one read branch (one list, one reshuffle, one read and one

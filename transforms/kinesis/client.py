@@ -18,7 +18,7 @@ import botocore.session
 from botocore.config import Config
 from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
 
-from transforms.kinesis_errors import classify_exception
+from transforms.kinesis.errors import classify_exception
 
 logger = logging.getLogger(__name__)
 

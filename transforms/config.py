@@ -301,7 +301,7 @@ def _parse_identities(value: Any) -> tuple[tuple[str, ...] | None, tuple[tuple[s
                 f"supported: {', '.join(HASHABLE_NAMESPACES)}"
             )
         # Hashed ids must never land in a namespace that reads as raw e-mails or phones
-        # (source namespaces match case-insensitively, see transforms/identities.py).
+        # (source namespaces match case-insensitively, see transforms/events/identities.py).
         if target.lower() in HASHABLE_NAMESPACES:
             raise ConfigError(
                 f'"identities.hash.{source}": the hashed namespace {target!r} must not be '

@@ -2,12 +2,12 @@
 
 A backfill split with ``--snapshots_per_run`` runs one pipeline per group of
 consecutive snapshots. Each run writes the final state of every profile it still has to
-remember (:func:`transforms.memberships.carried_state`) and the next run starts from
+remember (:func:`transforms.segments.memberships.carried_state`) and the next run starts from
 those states, so the split gives exactly the events of one run over all the snapshots
 while each run only holds its own snapshots (SPEC §4 "Order").
 
 The files are Avro (written with Beam's Avro IO): one record per profile, the profile
-key and the state in the versioned encoding of :func:`transforms.transitions.encode_state`
+key and the state in the versioned encoding of :func:`transforms.segments.transitions.encode_state`
 behind a tag byte. They hold profile keys and identities, so they are written
 owner-only (the job's umask) into a directory the job creates and removes.
 

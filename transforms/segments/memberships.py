@@ -1,13 +1,13 @@
 """The pure core of segment transitions (SPEC §4): no Beam, only plain data and functions.
 
 Everything that decides *whether* and *what* a profile emits lives here, so that the
-batch and the streaming DoFns of :mod:`transforms.transitions` share one semantics and
+batch and the streaming DoFns of :mod:`transforms.segments.transitions` share one semantics and
 the rules can be tested without a pipeline.
 
 Vocabulary:
 
 * A *record* is one profile in one snapshot, in the internal form of
-  :mod:`transforms.profiles` (``snapshot_ms``, ``baseline``, ``deleted``, ``segments``,
+  :mod:`transforms.snapshots.profiles` (``snapshot_ms``, ``baseline``, ``deleted``, ``segments``,
   ``identities``, ``attributes``, ``file``).
 * *Memberships* map ``namespace -> segment id -> [status, time ms]``. In a
   :class:`ProfileState` a member entry keeps the qualification time that was (or would
@@ -36,9 +36,9 @@ from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from pipeline.config import ActivationConfig
-from transforms.identities import output_identities
-from transforms.profiles import MEMBER_STATUSES
+from transforms.config import ActivationConfig
+from transforms.events.identities import output_identities
+from transforms.snapshots.profiles import MEMBER_STATUSES
 
 REALIZED = "realized"
 EXISTING = "existing"

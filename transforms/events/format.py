@@ -10,7 +10,7 @@ they are fully determined by the transition and the config:
 * ``segmentMembership.<namespace>.<segment id>`` with ``status`` and
   ``lastQualificationTime`` (``YYYY-MM-DDTHH:MM:SSZ``), plus ``name`` and the four
   mapping timestamps (epoch ms) when configured and known;
-* ``identityMap`` after the include and hash rules (:mod:`transforms.identities`);
+* ``identityMap`` after the include and hash rules (:mod:`transforms.events.identities`);
 * ``eventId``: see :func:`event_id_for`.
 
 ``segmentMembership`` and ``identityMap`` are always present (possibly ``{}``), so
@@ -33,10 +33,10 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipeline.config import ActivationConfig, SegmentMapping
-from transforms.identities import output_identities
-from transforms.profiles import STATUSES
-from transforms.timestamps import TimestampError, format_timestamp, parse_timestamp
+from transforms.config import ActivationConfig, SegmentMapping
+from transforms.events.identities import output_identities
+from transforms.events.timestamps import TimestampError, format_timestamp, parse_timestamp
+from transforms.snapshots.profiles import STATUSES
 
 _LOG = logging.getLogger(__name__)
 

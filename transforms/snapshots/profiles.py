@@ -27,8 +27,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import ActivationConfig
-from transforms.timestamps import TimestampError, parse_timestamp
+from transforms.config import ActivationConfig
+from transforms.events.timestamps import TimestampError, parse_timestamp
 
 MEMBER_STATUSES = frozenset(("realized", "existing"))
 STATUSES = frozenset(("realized", "existing", "exited"))

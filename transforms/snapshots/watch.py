@@ -1,6 +1,6 @@
 """Streaming input: snapshots picked up as they land (SPEC §2.3, §4 streaming).
 
-``WatchSnapshots`` is the streaming counterpart of :class:`transforms.read.ReadSnapshots`.
+``WatchSnapshots`` is the streaming counterpart of :class:`transforms.snapshots.read.ReadSnapshots`.
 It polls the ``--input`` patterns every ``--watch_interval`` seconds and takes the files
 of a folder only once the folder's ``_SUCCESS`` marker exists; each file is read once.
 
@@ -64,8 +64,8 @@ from apache_beam.transforms.core import Windowing
 from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 
-from pipeline.config import ActivationConfig
-from transforms.read import (
+from transforms.config import ActivationConfig
+from transforms.snapshots.read import (
     DEAD_LETTER_TAG,
     METRICS_NAMESPACE,
     ReadSnapshots,
@@ -74,7 +74,7 @@ from transforms.read import (
     file_format,
     match_snapshot_files,
 )
-from transforms.snapshot_time import SnapshotTimeError, snapshot_time_from_path
+from transforms.snapshots.snapshot_time import SnapshotTimeError, snapshot_time_from_path
 
 _LOG = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ DEFAULT_WATCH_INTERVAL_SECONDS = 60.0
 # The DirectRunner's watch root sleeps at most this long per call, so that the runner's
 # monitor (timers, shutdown) is never blocked for a whole interval.
 _DIRECT_MAX_SLEEP_SECONDS = 0.5
-# Markers and hidden files, as in transforms.read.
+# Markers and hidden files, as in transforms.snapshots.read.
 _IGNORED_PREFIXES = ("_", ".")
 _FORMATS = ("avro", "json", "parquet")
 _LANDED = Metrics.counter(METRICS_NAMESPACE, "snapshot_files_landed")
@@ -266,7 +266,7 @@ def _second(pair: tuple[Any, str]) -> str:
 class WatchSnapshots(beam.PTransform):
     """Streaming ``ReadSnapshots``: baseline once, then snapshots as they land.
 
-    The result is a dict like :class:`transforms.read.ReadSnapshots`'s: ``"records"``,
+    The result is a dict like :class:`transforms.snapshots.read.ReadSnapshots`'s: ``"records"``,
     ``(profile key, record)`` pairs stamped with their snapshot time, and
     ``"dead_letters"``. Files are read and parsed by the same DoFns as in batch.
 

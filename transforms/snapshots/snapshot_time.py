@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from transforms.timestamps import TimestampError, parse_timestamp
+from transforms.events.timestamps import TimestampError, parse_timestamp
 
 _SNAPSHOT_SEGMENT_RE = re.compile(r"(?:^|/)snapshot=([^/]+)(?=/)")
 # A date not glued to other digits, optionally with a time of day; both separators

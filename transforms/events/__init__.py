@@ -1,0 +1,1 @@
+"""The JSON events of the Kinesis destination: formatting, identities, timestamps."""

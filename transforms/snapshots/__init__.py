@@ -1,0 +1,1 @@
+"""Reading profile snapshots: files, landing-folder watch, snapshot time, profile records."""
