@@ -17,7 +17,7 @@ from typing import Any
 
 import jsonschema
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "segment_event.schema.json"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "segment_event.schema.json"
 _PARTITION_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
