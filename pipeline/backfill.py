@@ -41,7 +41,7 @@ from transforms.events.timestamps import format_timestamp
 from transforms.snapshots.read import SnapshotFile, match_snapshot_files
 from transforms.snapshots.snapshot_time import require_snapshot_time
 
-_LOG = logging.getLogger(__name__)
+_LOGGER = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +140,7 @@ def run_split_backfill(
                 output_path=_run_path(settings.output_path, plan.number),
                 dead_letter_path=_run_path(settings.dead_letter_path, plan.number),
             )
-            _LOG.info(
+            _LOGGER.info(
                 "backfill run %d of %d: snapshots %s to %s (%d files)",
                 plan.number,
                 len(plans),
@@ -161,8 +161,10 @@ def run_split_backfill(
                 ) from err
             for name, value in counters.items():
                 totals[name] = totals.get(name, 0) + value
-    finally:
-        _remove_state_dir(state_dir)
+    except BaseException:
+        _remove_state_dir(state_dir, failing=True)
+        raise
+    _remove_state_dir(state_dir)
     return totals
 
 
@@ -182,13 +184,26 @@ def _make_state_dir(options: PipelineOptions) -> str:
     return tempfile.mkdtemp(prefix="segment-events-carried-")
 
 
-def _remove_state_dir(state_dir: str) -> None:
-    if os.path.isdir(state_dir):
-        shutil.rmtree(state_dir, ignore_errors=True)
-        return
+def _remove_state_dir(state_dir: str, failing: bool = False) -> None:
+    """Removes the carried states (profile keys and identities: PII).
+
+    Raises:
+        BackfillRunError: They could not be removed (unless the backfill is already
+            failing, whose error must not be masked: then it is logged at ERROR).
+    """
     try:
+        if os.path.isdir(state_dir):
+            shutil.rmtree(state_dir)
+            return
         matched = FileSystems.match([FileSystems.join(state_dir, "*")])[0].metadata_list
         if matched:
             FileSystems.delete([m.path for m in matched])
-    except Exception as err:  # noqa: BLE001 - best effort; say what is left behind
-        _LOG.warning("could not remove the carried states under %s: %s", state_dir, err)
+    except Exception as err:  # noqa: BLE001 - filesystems raise many kinds
+        message = (
+            f"could not remove the carried states under {state_dir} (they hold profile "
+            f"keys and identities): {err}; remove them by hand"
+        )
+        if failing:
+            _LOGGER.error("%s", message)
+            return
+        raise BackfillRunError(message) from None

@@ -23,15 +23,22 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from pipeline.backfill import run_split_backfill
 from pipeline.graph import JobSettings, build_pipeline
 from pipeline.options import SegmentEventsOptions
+from pipeline.outputs import (
+    prepare_output_folders,
+    remove_temp_folders,
+    restrict_output_files,
+    temp_folders,
+)
 from pipeline.runners import LOCAL_RUNNER_NAMES, OfflineDirectRunner
 from transforms.config import ActivationConfig, ConfigError, load_config
 from transforms.events.timestamps import format_timestamp
 from transforms.kinesis.client import StreamCheckError, check_stream, make_kinesis_client
-from transforms.snapshots.read import METRICS_NAMESPACE, InputError, match_snapshot_files
+from transforms.metrics import METRICS_NAMESPACE
+from transforms.snapshots.read import InputError, match_snapshot_files
 from transforms.snapshots.snapshot_time import SnapshotTimeError, snapshot_time_from_path
 from transforms.snapshots.watch import DEFAULT_WATCH_INTERVAL_SECONDS
 
-_LOG = logging.getLogger(__name__)
+_LOGGER = logging.getLogger(__name__)
 # Beam has flags for S3 keys; secrets must come from the AWS default chain instead.
 _SECRET_FLAGS = ("s3_access_key_id", "s3_secret_access_key", "s3_session_token")
 EXIT_USAGE = 2
@@ -75,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return EXIT_FAILED
     except Exception as err:  # noqa: BLE001 - the one place that turns failures into a line
-        _LOG.debug("pipeline failed", exc_info=True)
+        _LOGGER.debug("pipeline failed", exc_info=True)
         print(f"error: the pipeline failed: {_one_line(err)}", file=sys.stderr)
         report = write_failure_report()
         if report:
@@ -226,7 +233,7 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
                 "planned from the snapshot times in the file paths"
             )
     if streaming and opts.baseline and all_options.get("checkpointing_interval"):
-        _LOG.warning(
+        _LOGGER.warning(
             "--streaming with --baseline and --checkpointing_interval: on Beam 2.50's Flink "
             "job server, baseline records were seen not to reach the stateful step with "
             "checkpointing on (see docs/operations/flink.md); check your engine"
@@ -264,7 +271,7 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
     if inputs and not baseline and not settings.snapshots_per_run:
         input_times = {snapshot_time_from_path(f.path) for f in inputs}
         if len(input_times) == 1 and None not in input_times:
-            _LOG.warning(
+            _LOGGER.warning(
                 "one snapshot and no --baseline: every profile is seen for the first time, "
                 "so every current membership is sent as an entry (realized). For a daily "
                 "run, pass the previous snapshot as --baseline"
@@ -313,14 +320,23 @@ def run_job(
     settings: JobSettings, config: ActivationConfig, options: PipelineOptions
 ) -> dict[str, int]:
     """Builds and runs the pipeline; returns the job's counters by name."""
-    # Dead-letter and event files may hold PII: create every local file owner-only.
-    os.umask(0o077)
+    prefixes = (settings.output_path, settings.dead_letter_path)
+    prepare_output_folders(prefixes)
+    staged_before = temp_folders(prefixes)
     runner_name = options.view_as(StandardOptions).runner
     runner = OfflineDirectRunner() if runner_name in LOCAL_RUNNER_NAMES else None
     pipeline = beam.Pipeline(runner=runner, options=options)
     build_pipeline(pipeline, settings, config)
-    result = pipeline.run()
-    result.wait_until_finish()
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except BaseException:
+        # Beam's file sinks stage whole output files in beam-temp-* folders and leave
+        # them when the run fails: they hold events (PII).
+        remove_temp_folders(prefixes, staged_before)
+        raise
+    finally:
+        restrict_output_files(prefixes)
     return job_counters(result)
 
 

@@ -30,7 +30,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 
 from transforms.snapshots.watch import direct_runner_overrides
 
-_LOG = logging.getLogger(__name__)
+_LOGGER = logging.getLogger(__name__)
 LOCAL_RUNNER_NAMES = (None, "DirectRunner", "SwitchingDirectRunner")
 
 
@@ -39,7 +39,7 @@ class OfflineDirectRunner(PipelineRunner):
 
     def run_pipeline(self, pipeline, options):
         if options.view_as(StandardOptions).streaming or _needs_bundle_based_runner(pipeline):
-            _LOG.info("Running on the BundleBasedDirectRunner (streaming)")
+            _LOGGER.info("Running on the BundleBasedDirectRunner (streaming)")
             pipeline.replace_all(direct_runner_overrides())
             return BundleBasedDirectRunner().run_pipeline(pipeline, options)
         # Imported here: the FnApiRunner pulls in the portability stack.
@@ -51,7 +51,7 @@ class OfflineDirectRunner(PipelineRunner):
         provision = fn_runner.ExtendedProvisionInfo(
             beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
         )
-        _LOG.info("Running on the FnApiRunner")
+        _LOGGER.info("Running on the FnApiRunner")
         return fn_runner.FnApiRunner(provision_info=provision).run_pipeline(pipeline, options)
 
 

@@ -262,3 +262,27 @@ def test_skip_stream_check_leaves_the_stream_to_the_workers(tmp_path, capsys, mo
     argv = job_args(config, tmp_path, "s", "http://127.0.0.1:9", "--kinesis_region", "eu-west-1")
     assert main([*argv, "--skip_stream_check"]) == 0
     assert "records read" in capsys.readouterr().out
+
+
+def _umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def test_a_failed_run_leaves_no_staged_events_and_keeps_the_caller_umask(
+    tmp_path, kinesalite, aws_local_env, capsys
+):
+    # The workers find no stream: the sink fails the run after the event files were
+    # staged by Beam's file sink (beam-temp-*, which holds every event: PII).
+    config = write_numbered_snapshots(str(tmp_path), profiles=50, snapshots=2)
+    out = tmp_path / "out"
+    umask = _umask()
+    argv = job_args(config, tmp_path, "no-such-stream", kinesalite.endpoint_url)
+    argv += ["--output_path", str(out / "events"), "--skip_stream_check"]
+    assert main(argv) == 1
+    assert "the pipeline failed" in capsys.readouterr().err
+    assert _umask() == umask
+    assert out.is_dir() and (out.stat().st_mode & 0o777) == 0o700
+    left = sorted(p.name for p in out.iterdir())
+    assert not [name for name in left if name.startswith("beam-temp-")], left

@@ -323,8 +323,7 @@ def test_file_gone_between_matching_and_reading_is_named(tmp_path):
         list(_ReadFileFn("json").process(str(gone)))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_unreadable_file_fails_naming_it(tmp_path, aws_local_env):
+def test_unreadable_file_fails_naming_it(tmp_path, aws_local_env, monkeypatch, capsys):
     folder = tmp_path / "snapshot=2024-01-01"
     folder.mkdir()
     secret = folder / "part-0.jsonl"
@@ -332,11 +331,30 @@ def test_unreadable_file_fails_naming_it(tmp_path, aws_local_env):
     secret.chmod(0)
     config = tmp_path / "activation.json"
     config.write_text(json.dumps(CONFIG))
-    result = run_cli(
-        "--config", str(config), "--input", str(secret), "--output_path", str(tmp_path / "o")
+    args = ("--config", str(config), "--input", str(secret), "--output_path", str(tmp_path / "o"))
+    if os.geteuid() != 0:
+        result = run_cli(*args)
+        assert result.returncode == 1
+        assert_one_error_line(result.stderr, f"{secret}: cannot open the file", "Permission denied")
+        return
+    # Root reads a file whatever its mode: make the filesystem refuse it the way it
+    # refuses any other user, and run the command line in this process.
+    from apache_beam.io.filesystems import FileSystems
+
+    import pipeline.main as cli
+
+    real_open = FileSystems.open
+
+    def refusing_open(path, *a, **kw):
+        if path == str(secret):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(FileSystems, "open", staticmethod(refusing_open))
+    assert cli.main(list(args)) == 1
+    assert_one_error_line(
+        capsys.readouterr().err, f"{secret}: cannot open the file", "Permission denied"
     )
-    assert result.returncode == 1
-    assert_one_error_line(result.stderr, f"{secret}: cannot open the file", "Permission denied")
 
 
 def _mass_exit_inputs(root, tracked: int, remaining: int) -> str:

@@ -14,16 +14,10 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.runners import OfflineDirectRunner
 from transforms.config import parse_config
+from transforms.segments.codecs import decode_record, decode_state, encode_record, encode_state
+from transforms.segments.guard import check_mass_exit
 from transforms.segments.memberships import ProfileState
-from transforms.segments.transitions import (
-    ComputeSegmentTransitions,
-    MassExitError,
-    check_mass_exit,
-    decode_record,
-    decode_state,
-    encode_record,
-    encode_state,
-)
+from transforms.segments.transitions import ComputeSegmentTransitions, MassExitError
 
 DAY = 86_400_000
 T1, T2, T3, T4 = (1706659200000 + i * DAY for i in range(4))  # 2024-01-31 .. 2024-02-03
@@ -158,12 +152,41 @@ def truncated_run(tracked=150, kept=40):
     return records
 
 
-def test_mass_exit_fails_the_run_and_sends_nothing():
-    delivered = []
+class _AppendToFile(beam.DoFn):
+    """Stands where a sink would be: appends each element it receives to a file.
+
+    A file, not a list: the DoFn is pickled, so a list captured in a closure would stay
+    empty whatever reached the step.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def process(self, element):
+        with open(self._path, "a", encoding="utf-8") as out:
+            out.write(repr(element) + "\n")
+
+
+def _delivered(path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_mass_exit_fails_the_run_and_sends_nothing(tmp_path, allow):
+    delivered = tmp_path / "delivered.txt"
     pipeline = test_pipeline.TestPipeline(runner=OfflineDirectRunner())
-    result = pipeline | beam.Create(truncated_run()) | ComputeSegmentTransitions(CONFIG)
-    # Records what reaches the next step (a sink would be here); asserted after the run.
-    _ = result.transitions | beam.Map(delivered.append)
+    result = (
+        pipeline
+        | beam.Create(truncated_run())
+        | ComputeSegmentTransitions(CONFIG, allow_mass_exit=allow)
+    )
+    _ = result.transitions | beam.ParDo(_AppendToFile(str(delivered)))
+    if allow:
+        # The control: the same step does receive the transitions when the guard lets
+        # them through (150 entries; 109 exits by absence and 1 by tombstone).
+        pipeline.run().wait_until_finish()
+        assert len(_delivered(delivered)) == 150 + 109 + 1
+        return
     with pytest.raises(MassExitError) as failure:
         pipeline.run().wait_until_finish()
     message = str(failure.value)
@@ -171,7 +194,7 @@ def test_mass_exit_fails_the_run_and_sends_nothing():
     assert "109 of the 150" in message and "0.727" in message
     assert "--allow_mass_exit" in message
     assert "\n" not in message
-    assert delivered == []
+    assert _delivered(delivered) == []
 
 
 def test_allow_mass_exit_overrides(caplog):

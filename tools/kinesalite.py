@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+_LOGGER = logging.getLogger(__name__)
 
 KINESALITE_VERSION = "3.3.3"
 DEFAULT_REGION = "us-east-1"
@@ -110,7 +110,7 @@ def ensure_kinesalite(home: Path | None = None) -> Path:
     with open(home / ".install.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _installed_version(home) != KINESALITE_VERSION:  # another process may have won
-            logger.info("Installing kinesalite %s into %s", KINESALITE_VERSION, home)
+            _LOGGER.info("Installing kinesalite %s into %s", KINESALITE_VERSION, home)
             cmd = [
                 npm,
                 "install",
@@ -288,7 +288,7 @@ def start_kinesalite(
         detach=False,
         startup_timeout=startup_timeout,
     )
-    logger.info("kinesalite listening on 127.0.0.1:%d (pid %d)", bound, proc.pid)
+    _LOGGER.info("kinesalite listening on 127.0.0.1:%d (pid %d)", bound, proc.pid)
     server = KinesaliteServer(proc, bound)
     atexit.register(server.stop)
     return server

@@ -10,13 +10,14 @@ renamed when the bundle finishes::
     PREFIX-20240131T060000123456Z-1f0c2a9e4b7d.jsonl     (UTC write time, random id)
 
 Delivery is at-least-once: a bundle retried after its rename writes its lines again, in
-a new file. Local files are created with the process umask (the command line sets 077).
+a new file. Local files are created owner-only (``0600``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import uuid
 from typing import Any
 
@@ -24,7 +25,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-_LOG = logging.getLogger(__name__)
+_LOGGER = logging.getLogger(__name__)
 
 
 class WriteFilePerBundle(beam.PTransform):
@@ -71,7 +72,7 @@ class _WriteBundleFileFn(beam.DoFn):
         self._handle.close()
         self._handle = None
         FileSystems.rename([self._temp], [self._final])
-        _LOG.debug("wrote %s", self._final)
+        _LOGGER.debug("wrote %s", self._final)
 
     def teardown(self) -> None:
         # A bundle that failed leaves its temporary file; remove it (best effort).
@@ -81,7 +82,7 @@ class _WriteBundleFileFn(beam.DoFn):
             try:
                 FileSystems.delete([self._temp])
             except Exception:  # noqa: BLE001 - best effort clean-up
-                _LOG.debug("could not delete %s", self._temp, exc_info=True)
+                _LOGGER.debug("could not delete %s", self._temp, exc_info=True)
 
     def _open(self) -> None:
         folder, base = FileSystems.split(self._prefix)
@@ -90,6 +91,10 @@ class _WriteBundleFileFn(beam.DoFn):
         self._final = FileSystems.join(folder, name) if folder else name
         temp_name = f".{name}.tmp"
         self._temp = FileSystems.join(folder, temp_name) if folder else temp_name
+        if "://" not in self._temp:
+            # Owner-only from the first byte (the lines are PII), whatever the umask.
+            os.makedirs(os.path.dirname(self._temp) or ".", exist_ok=True)
+            os.close(os.open(self._temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         self._handle = FileSystems.create(
             self._temp, compression_type=CompressionTypes.UNCOMPRESSED
         )

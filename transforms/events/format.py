@@ -36,11 +36,11 @@ from apache_beam.metrics import Metrics
 from transforms.config import ActivationConfig, SegmentMapping
 from transforms.events.identities import output_identities
 from transforms.events.timestamps import TimestampError, format_timestamp, parse_timestamp
+from transforms.metrics import METRICS_NAMESPACE
 from transforms.snapshots.profiles import STATUSES
 
-_LOG = logging.getLogger(__name__)
+_LOGGER = logging.getLogger(__name__)
 
-METRICS_NAMESPACE = "segment_events"
 # Segment statuses an event carries (realized, existing, exited), in a fixed order.
 EVENT_STATUSES = tuple(sorted(STATUSES))
 
@@ -230,7 +230,7 @@ class _FormatEventFn(beam.DoFn):
         except EventFormatError as err:
             # A malformed transition is a bug upstream: fail loudly, but never log the
             # profile key or any value (they are PII).
-            _LOG.error("Cannot format a segment event: %s", err)
+            _LOGGER.error("Cannot format a segment event: %s", err)
             raise
         self._formatted.inc()
         for status in statuses:

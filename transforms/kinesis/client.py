@@ -20,7 +20,7 @@ from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshabl
 
 from transforms.kinesis.errors import classify_exception
 
-logger = logging.getLogger(__name__)
+_LOGGER = logging.getLogger(__name__)
 
 _USER_AGENT_EXTRA = "segment-events-kinesis-sink"
 
@@ -111,7 +111,7 @@ def make_kinesis_client(
     session = boto3.session.Session(region_name=region)
     if role_arn:
         session = _assume_role_session(session, role_arn, session_name, config)
-        logger.info("Kinesis sink assumes role %s", role_arn)
+        _LOGGER.info("Kinesis sink assumes role %s", role_arn)
     return session.client("kinesis", endpoint_url=endpoint_url, config=config)
 
 

@@ -51,10 +51,10 @@ from transforms.kinesis.writer import (
     SinkSettings,
     WriterState,
 )
+from transforms.metrics import METRICS_NAMESPACE
 
-logger = logging.getLogger(__name__)
+_LOGGER = logging.getLogger(__name__)
 
-METRICS_NAMESPACE = "segment_events"
 _COUNTERS = (
     "kinesis_records_sent",
     "kinesis_bytes_sent",

@@ -40,7 +40,7 @@ from transforms.kinesis.batching import (
 )
 from transforms.kinesis.ratelimit import AimdController, TokenBucket, full_jitter_backoff
 
-logger = logging.getLogger(__name__)
+_LOGGER = logging.getLogger(__name__)
 
 DEAD_LETTER_STAGE = "kinesis_sink"
 
@@ -528,7 +528,7 @@ class KinesisWriter:
             level = logging.DEBUG if now - self._state.throttle_logged < 60 else logging.WARNING
             if level == logging.WARNING:
                 self._state.throttle_logged = now
-            logger.log(
+            _LOGGER.log(
                 level,
                 "Kinesis stream %s is throttling; client rate limited to %.0f rec/s",
                 self._stream,
@@ -561,7 +561,7 @@ class KinesisWriter:
                 retried += 1
         if retried:
             self._metrics.inc("kinesis_retries", retried)
-            logger.debug(
+            _LOGGER.debug(
                 "Retrying %d records on stream %s after %s", retried, self._stream, failure.code
             )
 
@@ -592,7 +592,7 @@ class KinesisWriter:
         self._failed = KinesisSinkError(
             f"Kinesis stream '{self._stream}': {failure.code}{hint}: {failure.message}"
         )
-        logger.error("%s", self._failed)
+        _LOGGER.error("%s", self._failed)
         raise self._failed
 
     def _check_reachable(
@@ -622,7 +622,7 @@ class KinesisWriter:
             f"Kinesis stream '{self._stream}': cannot reach {where} (no request answered "
             f"in {elapsed:.0f} s): {failure.describe()}"
         )
-        logger.error("%s", self._failed)
+        _LOGGER.error("%s", self._failed)
         raise self._failed
 
     def _check_failed(self) -> None:
@@ -655,7 +655,7 @@ class KinesisWriter:
                         )
                     )
                 # A transient error with a map at hand: keep using it, retry later.
-                logger.warning(
+                _LOGGER.warning(
                     "ListShards on %s failed (%s); keeping the shard map",
                     self._stream,
                     failure.code,
@@ -670,5 +670,5 @@ class KinesisWriter:
         expected = shard_map.shard_for_key(partition_key) if shard_map else None
         if shard_id and expected and shard_id != expected:
             # The stream was resharded: reload the map before aggregating further.
-            logger.warning("Stream %s was resharded; reloading its shard map", self._stream)
+            _LOGGER.warning("Stream %s was resharded; reloading its shard map", self._stream)
             self._state.shard_map_loaded = float("-inf")

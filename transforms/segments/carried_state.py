@@ -7,7 +7,7 @@ those states, so the split gives exactly the events of one run over all the snap
 while each run only holds its own snapshots (SPEC §4 "Order").
 
 The files are Avro (written with Beam's Avro IO): one record per profile, the profile
-key and the state in the versioned encoding of :func:`transforms.segments.transitions.encode_state`
+key and the state in the versioned encoding of :func:`transforms.segments.codecs.encode_state`
 behind a tag byte. They hold profile keys and identities, so they are written
 owner-only (the job's umask) into a directory the job creates and removes.
 

@@ -31,6 +31,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.config import ActivationConfig
 from transforms.events.timestamps import TimestampError, parse_timestamp
+from transforms.metrics import METRICS_NAMESPACE
 from transforms.segments.carried_state import CARRIED_STATE_FORMAT, carried_state_record
 from transforms.snapshots.profiles import (
     RecordError,
@@ -40,9 +41,8 @@ from transforms.snapshots.profiles import (
 )
 from transforms.snapshots.snapshot_time import require_snapshot_time, snapshot_time_from_path
 
-_LOG = logging.getLogger(__name__)
+_LOGGER = logging.getLogger(__name__)
 DEAD_LETTER_TAG = "dead_letter"
-METRICS_NAMESPACE = "segment_events"
 
 # Extension -> format. ".gz" is read transparently by the text reader.
 _FORMATS = {

@@ -76,7 +76,7 @@ from transforms.snapshots.read import (
 )
 from transforms.snapshots.snapshot_time import SnapshotTimeError, snapshot_time_from_path
 
-_LOG = logging.getLogger(__name__)
+_LOGGER = logging.getLogger(__name__)
 
 MARKER = "_SUCCESS"
 # After snapshot T the watermark is T + 1002 ms: past the transitions step's wake-up
@@ -135,7 +135,7 @@ class LandedSnapshotLister:
             try:
                 metadata = FileSystems.match([pattern])[0].metadata_list
             except Exception as err:  # noqa: BLE001 - filesystems raise many kinds
-                _LOG.warning("cannot list %s (retried at the next poll): %s", pattern, err)
+                _LOGGER.warning("cannot list %s (retried at the next poll): %s", pattern, err)
                 continue
             for meta in metadata:
                 folder, name = FileSystems.split(meta.path)
@@ -168,7 +168,7 @@ class LandedSnapshotLister:
         try:
             return FileSystems.exists(marker)
         except Exception as err:  # noqa: BLE001 - filesystems raise many kinds
-            _LOG.warning("cannot check %s (retried at the next poll): %s", marker, err)
+            _LOGGER.warning("cannot check %s (retried at the next poll): %s", marker, err)
             return False
 
     def _snapshot_time(self, path: str) -> int | None:
@@ -196,7 +196,7 @@ class LandedSnapshotLister:
         if path not in self._reported:
             self._reported.add(path)
             self._skipped.inc()
-            _LOG.warning(message, path)
+            _LOGGER.warning(message, path)
 
 
 def timestamp_of(epoch_ms: int) -> Timestamp:
@@ -415,7 +415,7 @@ class _DirectWatchEvaluator(_TransformEvaluator):
                 progress.emitted.add(landed.path)
                 stamp = timestamp_of(landed.snapshot_ms)
                 if stamp < before:
-                    _LOG.warning(
+                    _LOGGER.warning(
                         "%s landed behind the watermark %s (a later snapshot landed "
                         "first): its records are late",
                         landed.path,
@@ -427,7 +427,7 @@ class _DirectWatchEvaluator(_TransformEvaluator):
                 bundles.append(bundle)
             limit = transform.max_watch_seconds
             if limit is not None and time.monotonic() - progress.started > limit:
-                _LOG.info("watch stopped after %.1f s (--max_watch_seconds)", limit)
+                _LOGGER.info("watch stopped after %.1f s (--max_watch_seconds)", limit)
                 return TransformResult(self, bundles, [], None, {None: MAX_TIMESTAMP})
         again = self._evaluation_context.create_bundle(beam.pvalue.PBegin(transform.pipeline))
         return TransformResult(self, bundles, [again], None, {None: progress.watermark})

@@ -1,0 +1,257 @@
+"""The DoFns that replay each profile's records through the membership rules.
+
+* :class:`BatchTransitionsFn`: once per profile, over its whole history of the run (the
+  output of a GroupByKey), after the batch guards passed.
+* :class:`StreamingTransitionsFn`: stateful; buffers records in bag state and applies a
+  snapshot when the watermark has passed it (an event-time timer), so files may arrive
+  in any order; expires profiles after ``absent_profile_ttl``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import apache_beam as beam
+from apache_beam import coders
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
+from apache_beam.transforms import userstate
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
+
+from transforms.config import ActivationConfig
+from transforms.events.timestamps import format_timestamp
+from transforms.metrics import METRICS_NAMESPACE
+from transforms.segments.codecs import (
+    CARRIED_TAG,
+    carry,
+    decode_record,
+    decode_state,
+    encode_record,
+    encode_state,
+)
+from transforms.segments.memberships import (
+    Tally,
+    Triggers,
+    carried_state,
+    next_deadline,
+    replay_batch,
+    replay_stream,
+)
+
+# Output tags of the replay DoFns.
+DEAD = "dead_letters"
+TTL = "ttl_exits"
+STATES = "carried_states"
+# A snapshot at T is complete once the watermark passed T; timers fire at T + 1 ms
+# because a watermark equal to T still admits elements stamped T.
+EPSILON_MS = 1
+
+
+class TransitionsFnBase(beam.DoFn):
+    """Shared per-bundle bookkeeping of the two transition DoFns."""
+
+    def __init__(self, config: ActivationConfig) -> None:
+        self._triggers = Triggers.from_config(config)
+        ttl = config.absent_profile_ttl_seconds
+        self._ttl_ms = None if ttl is None else ttl * 1000
+        self._counters: dict[str, Any] = {}
+        self._tally = Tally()
+
+    def start_bundle(self) -> None:
+        self._tally = Tally()
+
+    def _flush_counters(self) -> None:
+        for name, value in self._tally.counters.items():
+            if value:
+                counter = self._counters.get(name)
+                if counter is None:
+                    counter = self._counters[name] = Metrics.counter(METRICS_NAMESPACE, name)
+                counter.inc(value)
+        self._tally.counters.clear()
+
+    def _late(self, record: dict, applied_ms: int) -> TaggedOutput:
+        self._tally.counters["late_records"] += 1
+        return TaggedOutput(
+            DEAD,
+            {
+                "stage": "transitions",
+                "reason": "late_snapshot",
+                "error": (
+                    f"record of snapshot {format_timestamp(record['snapshot_ms'])} arrived "
+                    f"after snapshot {format_timestamp(applied_ms)} was applied to its "
+                    "profile; not applied"
+                ),
+                "file": record.get("file", ""),
+                "raw": json.dumps(record, sort_keys=True, default=str),
+            },
+        )
+
+
+class BatchTransitionsFn(TransitionsFnBase):
+    """Replays each profile over every snapshot of the run (input: GroupByKey output).
+
+    Timeline of one key (snapshots of the run T1 < T2 < T3 come as a side input)::
+
+        element (k, [rec@T3, rec@T1])   the key's whole history (encoded), any order
+        T1: first sight -> entries
+        T2: no record   -> every membership exits at T2 (disappearance)
+        T3: record      -> re-entry: its memberships are entries again
+
+    No user state, on purpose (README "Transitions"):
+
+    * the GroupByKey hands over each key exactly once with all its snapshots, so state
+      would carry nothing between elements;
+    * buffering the records in bag state until an end-of-window timer instead of the
+      GroupByKey cannot work in Python: a timer callback cannot read side inputs
+      (``invoke_timer_callback`` in ``apache_beam/runners/common.py``, "TODO: support
+      side inputs"), and the replay needs the run's snapshot times;
+    * each state access through the SDK's state cache costs ~2 ms on this machine:
+      the cache sizes every value with ``objsize``, which walks the globals of every
+      loaded module on each call (``bench/bench_state_cost.py``).
+    """
+
+    def __init__(self, config: ActivationConfig, carry_states: bool = False) -> None:
+        super().__init__(config)
+        self._carry_states = carry_states
+        self._times_for: Any = None
+        self._times: list[int] = []
+
+    def process(self, element, snapshots, verdict, incomplete):
+        del verdict  # only read so that the replay waits for the mass-exit guard
+        key, values = element
+        records = []
+        initial = None
+        for data in values:
+            if data[:1] == CARRIED_TAG:
+                initial = decode_state(data[1:])
+            else:
+                records.append(decode_record(data[1:]))
+        self._tally.counters["profiles_processed"] += 1
+        if snapshots is not self._times_for:
+            # The side input is the same object for a whole bundle: sort it once.
+            self._times_for = snapshots
+            self._times = sorted(snapshots)
+        replay = replay_batch(
+            records,
+            self._times,
+            self._triggers,
+            self._tally,
+            snapshots,
+            initial=initial,
+            incomplete=incomplete,
+        )
+        for transition in replay.transitions:
+            yield (key, transition)
+        if self._carry_states:
+            carried = carried_state(replay.state)
+            if carried is not None:
+                yield TaggedOutput(STATES, carry(key, carried))
+
+    def finish_bundle(self):
+        self._flush_counters()
+
+
+class StreamingTransitionsFn(TransitionsFnBase):
+    """Keeps each profile's state across snapshots that arrive over time.
+
+    ``process`` only appends the record to BUFFER and sets WAKE to just after its
+    snapshot: no state read per element. When the watermark passes WAKE, ``on_wake``
+    applies every buffered record of a complete snapshot in time order, expires the
+    profile if its TTL ran out, writes PROFILE and sets WAKE to the next thing to do (a
+    buffered later snapshot, the TTL deadline, or the end of a gone profile's
+    retention). Setting WAKE to a later time than a pending one only delays that work:
+    ``on_wake`` always catches up in time order.
+
+    Timeline of one key with ``absent_profile_ttl`` = 2 days (times in days)::
+
+        element rec@1 (watermark < 1)   BUFFER += rec@1, WAKE at 1+1ms
+        watermark > 1+1ms               WAKE: apply rec@1 (first sight -> entries);
+                                        WAKE at 3+1ms (TTL deadline)
+        element rec@2                   BUFFER += rec@2, WAKE at 2+1ms
+        element rec@1 again (late)      BUFFER += rec@1, WAKE at 1+1ms (fires at once)
+        WAKE                            rec@1: identical re-delivery -> ignored (a
+                                        different one: dead letter late_snapshot)
+        watermark > 2+1ms               WAKE: apply rec@2; WAKE at 4+1ms
+        watermark > 4+1ms               WAKE: exit all at 4 (TTL), profile gone;
+                                        WAKE at 34+1ms (state dropped 30 days later)
+    """
+
+    PROFILE = userstate.ReadModifyWriteStateSpec("profile", coders.BytesCoder())
+    BUFFER = userstate.BagStateSpec("buffer", coders.BytesCoder())
+    WAKE = userstate.TimerSpec("wake", TimeDomain.WATERMARK)
+
+    def process(
+        self,
+        element,
+        buffer=beam.DoFn.StateParam(BUFFER),  # noqa: B008
+        wake=beam.DoFn.TimerParam(WAKE),  # noqa: B008
+    ):
+        record = element[1]
+        buffer.add(encode_record(record))
+        wake.set(timestamp_ms(record["snapshot_ms"] + EPSILON_MS))
+
+    @userstate.on_timer(WAKE)
+    def on_wake(
+        self,
+        key=beam.DoFn.KeyParam,
+        fired=beam.DoFn.TimestampParam,
+        profile=beam.DoFn.StateParam(PROFILE),  # noqa: B008
+        buffer=beam.DoFn.StateParam(BUFFER),  # noqa: B008
+        wake=beam.DoFn.TimerParam(WAKE),  # noqa: B008
+    ):
+        now_ms = fired.micros // 1000
+        stored = profile.read()
+        state = decode_state(stored) if stored is not None else None
+        buffered = [decode_record(data) for data in buffer.read()]
+        # Snapshots before the timer's time are complete: the watermark passed them.
+        ready = [r for r in buffered if r["snapshot_ms"] < now_ms]
+        waiting = [r for r in buffered if r["snapshot_ms"] >= now_ms]
+        replay = replay_stream(state, ready, now_ms, self._triggers, self._ttl_ms, self._tally)
+        final = replay.state
+        if final is not None and final.gone and now_ms >= final.gc_time():
+            final = None  # a gone profile's retention is over: drop everything
+        if ready:
+            buffer.clear()
+            for record in waiting:
+                buffer.add(encode_record(record))
+        if final is None:
+            if stored is not None:
+                profile.clear()
+        elif final is not state:
+            profile.write(encode_state(final))
+        deadline = next_deadline(final, self._ttl_ms)
+        targets = [r["snapshot_ms"] + EPSILON_MS for r in waiting]
+        if deadline is not None:
+            targets.append(deadline + EPSILON_MS)
+        if targets:
+            wake.set(timestamp_ms(min(targets)))
+        for transition in replay.transitions:
+            yield (key, transition)
+        for last_seen, transition in replay.ttl_exits:
+            yield TaggedOutput(TTL, (last_seen, ("exit", key, transition)))
+        for record in replay.late:
+            yield self._late(record, state.snapshot_ms)
+
+    def finish_bundle(self):
+        self._flush_counters()
+        if self._ttl_ms is not None:
+            # Live profiles per snapshot, the denominator of the mass-exit hold; one
+            # element per snapshot and bundle, not one per profile.
+            for snapshot_ms, count in self._tally.present.items():
+                yield TaggedOutput(
+                    TTL,
+                    WindowedValue(
+                        (snapshot_ms, ("live", count)),
+                        timestamp_ms(snapshot_ms + EPSILON_MS),
+                        (GlobalWindow(),),
+                    ),
+                )
+        self._tally.present.clear()
+
+
+def timestamp_ms(epoch_ms: int) -> Timestamp:
+    return Timestamp(micros=epoch_ms * 1000)
