@@ -358,6 +358,7 @@ _HEADLINE = (
     ("records read", "records_read"),
     ("profiles", "profiles_processed"),
     ("events", "events_formatted"),
+    ("events excluded (no identity in the output namespaces)", "events_excluded_no_identity"),
     ("segment entries (realized)", "events_by_status_realized"),
     ("segment exits (exited)", "events_by_status_exited"),
     ("current memberships (existing)", "events_by_status_existing"),

@@ -101,8 +101,10 @@ def test_defaults():
     assert not config.include_segment_names
     assert not config.include_segment_timestamps
     assert config.event_id
+    assert not config.send_without_identity
     assert config.absent_profile_ttl_seconds is None
     assert config.max_exit_fraction == 0.5
+    assert parse_config(with_(send_without_identity=True)).send_without_identity
 
 
 def test_wildcard_maps_every_segment():
@@ -278,6 +280,7 @@ INVALID = [
     (with_(include_segment_names="true"), ['"include_segment_names"', "true or false"]),
     (with_(include_segment_timestamps=1), ['"include_segment_timestamps"', "true or false"]),
     (with_(event_id=None), ['"event_id"', "true or false", "got null"]),
+    (with_(send_without_identity="yes"), ['"send_without_identity"', "true or false"]),
     # absent_profile_ttl
     (with_(absent_profile_ttl=0), ['"absent_profile_ttl"', "positive", '"30d"']),
     (with_(absent_profile_ttl=-5), ['"absent_profile_ttl"', "got -5"]),

@@ -154,3 +154,68 @@ def test_expected_records_are_distinct_and_hash_the_right_emails():
         "segmentMembership": {},
     }
     assert len({data for _, data in records}) == len(records)
+
+
+# ------------------------------------------------------- events nobody can act on
+
+# Only hashed e-mails leave the job; a profile known by an ECID alone has no identity
+# in the output namespaces.
+EMAIL_ONLY = {
+    "segments": [{"id": "seg-1"}],
+    "identities": {"include": ["email_lc_sha256"], "hash": {"email": "email_lc_sha256"}},
+}
+NO_OUTPUT_IDENTITY = (
+    "ecid:9",
+    {
+        "snapshot_ms": T1,
+        "segments": {"ups": {"seg-1": ["realized", T1]}},
+        "identities": {"ecid": ["9"]},
+        "attributes": {},
+    },
+)
+WITH_EMAIL = (
+    "email:ann@example.com",
+    {
+        "snapshot_ms": T1,
+        "segments": {"ups": {"seg-1": ["realized", T1]}},
+        "identities": {"email": ["ann@example.com"], "ecid": ["1"]},
+        "attributes": {},
+    },
+)
+
+
+def _run_config(config, transitions):
+    pipeline = test_pipeline.TestPipeline(runner=OfflineDirectRunner())
+    records = pipeline | Create(transitions, reshuffle=False) | FormatSegmentEvents(config)
+    expected = [
+        (hashlib.sha256(key.encode("utf-8")).hexdigest(), format_event(key, transition, config))
+        for key, transition in transitions
+        if config.send_without_identity or key != NO_OUTPUT_IDENTITY[0]
+    ]
+
+    def check(actual):
+        if sorted(actual) != sorted(expected):
+            raise BeamAssertException(f"records differ:\n{sorted(actual)}\n!=\n{sorted(expected)}")
+
+    assert_that(records, check)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return {k: v for k, v in _counters(result).items() if v}
+
+
+def test_a_profile_without_an_output_identity_is_excluded_and_counted():
+    config = parse_config(EMAIL_ONLY)
+    counters = _run_config(config, [NO_OUTPUT_IDENTITY, WITH_EMAIL])
+    assert counters == {
+        "events_formatted": 1,
+        "events_by_status_realized": 1,
+        "events_excluded_no_identity": 1,
+    }
+
+
+def test_send_without_identity_keeps_them_with_an_empty_identity_map():
+    config = parse_config(dict(EMAIL_ONLY, send_without_identity=True))
+    counters = _run_config(config, [NO_OUTPUT_IDENTITY, WITH_EMAIL])
+    assert counters == {"events_formatted": 2, "events_by_status_realized": 2}
+    kept = json.loads(format_event(*NO_OUTPUT_IDENTITY, config))
+    assert kept["identityMap"] == {}

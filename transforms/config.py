@@ -23,6 +23,7 @@ _TOP_LEVEL_KEYS = (
     "include_segment_names",
     "include_segment_timestamps",
     "event_id",
+    "send_without_identity",
     "absent_profile_ttl",
     "max_exit_fraction",
 )
@@ -86,6 +87,8 @@ class ActivationConfig:
         include_segment_names: Add ``name`` to each segment of an event.
         include_segment_timestamps: Add the four mapping timestamps to each segment.
         event_id: Add the deterministic ``eventId``.
+        send_without_identity: Send events of profiles with no identity in the output
+            namespaces (``"identityMap": {}``); by default they are excluded and counted.
         absent_profile_ttl_seconds: Streaming: exit a profile unseen this long; ``None``
             disables it.
         max_exit_fraction: Mass-exit guard threshold (SPEC §7).
@@ -102,6 +105,7 @@ class ActivationConfig:
     include_segment_names: bool = False
     include_segment_timestamps: bool = False
     event_id: bool = True
+    send_without_identity: bool = False
     absent_profile_ttl_seconds: int | None = None
     max_exit_fraction: float = 0.5
     _mapped: frozenset = field(default=frozenset(), compare=False, repr=False)
@@ -192,6 +196,7 @@ def parse_config(raw: Any) -> ActivationConfig:
         ("include_segment_names", False),
         ("include_segment_timestamps", False),
         ("event_id", True),
+        ("send_without_identity", False),
     ):
         flags[key] = raw.get(key, default)
         _expect(isinstance(flags[key], bool), key, "true or false", flags[key])
@@ -218,6 +223,7 @@ def parse_config(raw: Any) -> ActivationConfig:
         include_segment_names=flags["include_segment_names"],
         include_segment_timestamps=flags["include_segment_timestamps"],
         event_id=flags["event_id"],
+        send_without_identity=flags["send_without_identity"],
         absent_profile_ttl_seconds=ttl,
         max_exit_fraction=float(fraction),
     )

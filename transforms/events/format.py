@@ -124,19 +124,38 @@ class EventFormatter:
 
     def format_with_statuses(self, profile_key: str, transition: dict) -> tuple[bytes, list[str]]:
         """The event bytes and the status of each segment entry in it (for metrics)."""
+        return self._format(profile_key, transition, keep_without_identity=True)  # type: ignore[return-value]
+
+    def format_for_sending(
+        self, profile_key: str, transition: dict
+    ) -> tuple[bytes, list[str]] | None:
+        """Like :meth:`format_with_statuses`, or ``None`` for an event nobody can act on.
+
+        An event without any identity in the output namespaces (``"identityMap": {}``)
+        cannot be matched to a person downstream: it is excluded unless the config says
+        ``send_without_identity``.
+        """
+        return self._format(profile_key, transition, self._config.send_without_identity)
+
+    def _format(
+        self, profile_key: str, transition: dict, keep_without_identity: bool
+    ) -> tuple[bytes, list[str]] | None:
         snapshot_ms = transition.get("snapshot_ms")
         if isinstance(snapshot_ms, bool) or not isinstance(snapshot_ms, int) or snapshot_ms < 0:
             raise EventFormatError("transition snapshot_ms is not epoch milliseconds")
         segments, identities, attributes = (
             _mapping(transition, part) for part in ("segments", "identities", "attributes")
         )
+        try:
+            identity_map = output_identities(identities, self._config)
+        except TypeError as err:
+            raise EventFormatError(str(err)) from None
+        if not identity_map and not keep_without_identity:
+            return None
         memberships, statuses = self._memberships(segments, snapshot_ms)
         payload = self._attributes(attributes)
         payload["segmentMembership"] = memberships
-        try:
-            payload["identityMap"] = output_identities(identities, self._config)
-        except TypeError as err:
-            raise EventFormatError(str(err)) from None
+        payload["identityMap"] = identity_map
         data = _encode(payload)
         if self._config.event_id:
             payload["eventId"] = event_id_for(profile_key, snapshot_ms, data)
@@ -192,7 +211,9 @@ class FormatSegmentEvents(beam.PTransform):
 
     The bytes are what goes to Kinesis and to ``--output_path``. Counters (namespace
     ``segment_events``): ``events_formatted`` and ``events_by_status_<status>`` per
-    segment entry.
+    segment entry; ``events_excluded_no_identity`` for events not formatted because the
+    profile has no identity in the output namespaces (unless the config says
+    ``send_without_identity``).
     """
 
     def __init__(self, config: ActivationConfig) -> None:
@@ -212,6 +233,7 @@ class _FormatEventFn(beam.DoFn):
         self._config = config
         self._formatter: EventFormatter | None = None
         self._formatted = Metrics.counter(METRICS_NAMESPACE, "events_formatted")
+        self._excluded = Metrics.counter(METRICS_NAMESPACE, "events_excluded_no_identity")
         self._by_status = {
             status: Metrics.counter(METRICS_NAMESPACE, f"events_by_status_{status}")
             for status in EVENT_STATUSES
@@ -224,7 +246,7 @@ class _FormatEventFn(beam.DoFn):
     def process(self, element: tuple[str, dict]) -> Iterable[tuple[str, bytes]]:
         profile_key, transition = element
         try:
-            data, statuses = self._formatter.format_with_statuses(  # type: ignore[union-attr]
+            formatted = self._formatter.format_for_sending(  # type: ignore[union-attr]
                 profile_key, transition
             )
         except EventFormatError as err:
@@ -232,6 +254,10 @@ class _FormatEventFn(beam.DoFn):
             # profile key or any value (they are PII).
             _LOGGER.error("Cannot format a segment event: %s", err)
             raise
+        if formatted is None:
+            self._excluded.inc()
+            return
+        data, statuses = formatted
         self._formatted.inc()
         for status in statuses:
             self._by_status[status].inc()
