@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 import tempfile
 import traceback
@@ -30,6 +29,11 @@ from pipeline.outputs import (
     temp_folders,
 )
 from pipeline.runners import LOCAL_RUNNER_NAMES, OfflineDirectRunner
+from transforms.beam_internals import (
+    BEAM_STEP_FAILURE_LOGGER,
+    STEP_ANNOTATION,
+    all_options_classes,
+)
 from transforms.config import ActivationConfig, ConfigError, load_config
 from transforms.events.timestamps import format_timestamp
 from transforms.kinesis.client import StreamCheckError, check_stream, make_kinesis_client
@@ -46,9 +50,6 @@ EXIT_FAILED = 1
 # Libraries whose DEBUG logs echo records or credentials: never below INFO.
 _CAPPED_LOGGERS = ("apache_beam", "botocore", "boto3", "urllib3", "s3transfer")
 # Where Beam logs (with a traceback) the exception of a failing step before re-raising it.
-_BEAM_STEP_FAILURE_LOGGER = "apache_beam.runners.common"
-# Beam appends the failing step to a worker exception's message; the message says enough.
-_STEP_ANNOTATION = re.compile(r"\s*\[while running '[^\]]*'\]")
 
 
 class UsageError(ValueError):
@@ -141,7 +142,7 @@ def configure_logging(level_name: str) -> None:
     capped = max(logging.getLevelNamesMapping()[level], logging.INFO)
     for name in _CAPPED_LOGGERS:
         logging.getLogger(name).setLevel(capped)
-    step_logger = logging.getLogger(_BEAM_STEP_FAILURE_LOGGER)
+    step_logger = logging.getLogger(BEAM_STEP_FAILURE_LOGGER)
     if not any(isinstance(f, _DropStepFailureTraceback) for f in step_logger.filters):
         step_logger.addFilter(_DropStepFailureTraceback())
 
@@ -425,14 +426,7 @@ def _help_parser() -> argparse.ArgumentParser:
 def _unknown_flags(argv: Sequence[str]) -> list[str]:
     """Flags that neither this job nor any Beam options class knows."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
-    seen = set()
-    stack = list(PipelineOptions.__subclasses__())
-    while stack:
-        cls = stack.pop()
-        if cls in seen:
-            continue
-        seen.add(cls)
-        stack.extend(cls.__subclasses__())
+    for cls in all_options_classes():
         try:
             cls._add_argparse_args(parser)
         except argparse.ArgumentError:
@@ -472,4 +466,4 @@ def _one_line(err: BaseException) -> str:
         return type(err).__name__
     # Runners wrap worker exceptions in their traceback text; the last line holds the
     # original exception.
-    return _STEP_ANNOTATION.sub("", lines[-1]) or lines[-1]
+    return STEP_ANNOTATION.sub("", lines[-1]) or lines[-1]

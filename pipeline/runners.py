@@ -21,13 +21,13 @@ import logging
 
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.pipeline import PipelineVisitor
-from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.runner import PipelineRunner
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms import userstate
 from apache_beam.transforms.core import ParDo
 from apache_beam.transforms.timeutil import TimeDomain
 
+from transforms.beam_internals import BundleBasedDirectRunner, run_on_fn_api_runner
 from transforms.snapshots.watch import direct_runner_overrides
 
 _LOGGER = logging.getLogger(__name__)
@@ -42,17 +42,8 @@ class OfflineDirectRunner(PipelineRunner):
             _LOGGER.info("Running on the BundleBasedDirectRunner (streaming)")
             pipeline.replace_all(direct_runner_overrides())
             return BundleBasedDirectRunner().run_pipeline(pipeline, options)
-        # Imported here: the FnApiRunner pulls in the portability stack.
-        from apache_beam.portability.api import beam_provision_api_pb2
-        from apache_beam.runners.portability.fn_api_runner import fn_runner
-        from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
-        encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-        provision = fn_runner.ExtendedProvisionInfo(
-            beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
-        )
         _LOGGER.info("Running on the FnApiRunner")
-        return fn_runner.FnApiRunner(provision_info=provision).run_pipeline(pipeline, options)
+        return run_on_fn_api_runner(pipeline, options)
 
 
 def _needs_bundle_based_runner(pipeline) -> bool:

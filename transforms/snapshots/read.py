@@ -33,6 +33,7 @@ from transforms.config import ActivationConfig
 from transforms.events.timestamps import TimestampError, parse_timestamp
 from transforms.metrics import METRICS_NAMESPACE
 from transforms.segments.carried_state import CARRIED_STATE_FORMAT, carried_state_record
+from transforms.snapshots.formats import file_format
 from transforms.snapshots.profiles import (
     RecordError,
     keep_record,
@@ -44,15 +45,6 @@ from transforms.snapshots.snapshot_time import require_snapshot_time, snapshot_t
 _LOGGER = logging.getLogger(__name__)
 DEAD_LETTER_TAG = "dead_letter"
 
-# Extension -> format. ".gz" is read transparently by the text reader.
-_FORMATS = {
-    ".avro": "avro",
-    ".json": "json",
-    ".jsonl": "json",
-    ".json.gz": "json",
-    ".jsonl.gz": "json",
-    ".parquet": "parquet",
-}
 # Markers and hidden files (Hadoop/Spark conventions) that a glob may match.
 _IGNORED_PREFIXES = ("_", ".")
 
@@ -82,15 +74,6 @@ class SnapshotFile:
     path: str
     format: str
     baseline: bool
-
-
-def file_format(path: str) -> str | None:
-    """The format of a file by its extension, or ``None`` if unknown."""
-    lowered = path.lower()
-    for extension in sorted(_FORMATS, key=len, reverse=True):
-        if lowered.endswith(extension):
-            return _FORMATS[extension]
-    return None
 
 
 def match_snapshot_files(
@@ -202,6 +185,20 @@ class ReadSnapshots(beam.PTransform):
             )
         )
         return {"records": parsed.records, "dead_letters": parsed[DEAD_LETTER_TAG]}
+
+
+def read_file_dofn(fmt: str | None = None) -> beam.DoFn:
+    """The DoFn reading one snapshot file: ``path`` (or ``(path, format, baseline)``)
+    -> ``(path, raw record)``. Shared with the watch of a landing folder."""
+    return _ReadFileFn(fmt)
+
+
+def parse_records_dofn(
+    fmt: str | None, config: ActivationConfig, snapshot_time_field: str | None = None
+) -> beam.DoFn:
+    """The DoFn parsing raw records into ``(profile key, record)``, with a
+    ``DEAD_LETTER_TAG`` output. Shared with the watch of a landing folder."""
+    return _ParseRecordFn(fmt, False, config, snapshot_time_field)
 
 
 def _match(pattern: str) -> list[str]:

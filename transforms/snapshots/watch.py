@@ -55,24 +55,25 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.watch import PollResult, Watch, after_total_of, never
 from apache_beam.metrics import Metrics
 from apache_beam.pipeline import PTransformOverride
-from apache_beam.runners.direct.transform_evaluator import (
-    TransformEvaluatorRegistry,
-    _TransformEvaluator,
-)
-from apache_beam.runners.direct.util import TransformResult
 from apache_beam.transforms.core import Windowing
 from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 
+from transforms.beam_internals import (
+    TransformEvaluator,
+    TransformResult,
+    applied_transform,
+    register_direct_evaluator,
+)
 from transforms.config import ActivationConfig
+from transforms.metrics import METRICS_NAMESPACE
+from transforms.snapshots.formats import SNAPSHOT_FORMATS, file_format
 from transforms.snapshots.read import (
     DEAD_LETTER_TAG,
-    METRICS_NAMESPACE,
     ReadSnapshots,
-    _ParseRecordFn,
-    _ReadFileFn,
-    file_format,
     match_snapshot_files,
+    parse_records_dofn,
+    read_file_dofn,
 )
 from transforms.snapshots.snapshot_time import SnapshotTimeError, snapshot_time_from_path
 
@@ -93,7 +94,6 @@ DEFAULT_WATCH_INTERVAL_SECONDS = 60.0
 _DIRECT_MAX_SLEEP_SECONDS = 0.5
 # Markers and hidden files, as in transforms.snapshots.read.
 _IGNORED_PREFIXES = ("_", ".")
-_FORMATS = ("avro", "json", "parquet")
 _LANDED = Metrics.counter(METRICS_NAMESPACE, "snapshot_files_landed")
 
 
@@ -307,16 +307,16 @@ class WatchSnapshots(beam.PTransform):
             paths
             | "CountLandedFiles" >> beam.Map(_count_landed)
             | "SpreadLandedFiles" >> beam.Reshuffle()
-            | "SplitLandedByFormat" >> beam.Partition(_format_index, len(_FORMATS))
+            | "SplitLandedByFormat" >> beam.Partition(_format_index, len(SNAPSHOT_FORMATS))
         )
         records, dead_letters = [], []
-        for index, fmt in enumerate(_FORMATS):
+        for index, fmt in enumerate(SNAPSHOT_FORMATS):
             name = fmt.capitalize()
             parsed = (
                 by_format[index]
-                | f"ReadLanded{name}" >> beam.ParDo(_ReadFileFn(fmt))
+                | f"ReadLanded{name}" >> beam.ParDo(read_file_dofn(fmt))
                 | f"ParseLanded{name}Records"
-                >> beam.ParDo(_ParseRecordFn(fmt, False, self._config, None)).with_outputs(
+                >> beam.ParDo(parse_records_dofn(fmt, self._config)).with_outputs(
                     DEAD_LETTER_TAG, main="records"
                 )
             )
@@ -342,7 +342,7 @@ def _count_landed(path: str) -> str:
 def _format_index(path: str, partitions: int) -> int:
     del partitions
     # The lister only returns files of a known format.
-    return _FORMATS.index(file_format(path))
+    return SNAPSHOT_FORMATS.index(file_format(path))
 
 
 def _stamp(element: tuple[str, dict]) -> TimestampedValue:
@@ -381,7 +381,7 @@ class _WatchProgress:
         self.next_poll = 0.0
 
 
-class _DirectWatchEvaluator(_TransformEvaluator):
+class _DirectWatchEvaluator(TransformEvaluator):
     """Evaluates :class:`_DirectWatchLandedFiles`: one poll (when due) per call.
 
     Like the runner's own Pub/Sub root, each call hands back an empty "unprocessed"
@@ -397,7 +397,7 @@ class _DirectWatchEvaluator(_TransformEvaluator):
         del element  # a root: the runner passes an empty bundle
 
     def finish_bundle(self) -> TransformResult:
-        transform: _DirectWatchLandedFiles = self._applied_ptransform.transform
+        transform: _DirectWatchLandedFiles = applied_transform(self)
         progress = transform.progress
         now = time.monotonic()
         if progress.started is None:
@@ -450,7 +450,5 @@ def direct_runner_overrides() -> list[PTransformOverride]:
     """
     # The table is the runner's hook for extra evaluators (Beam's tests use it); keyed
     # by our class, so it cannot change how any other transform runs.
-    TransformEvaluatorRegistry._test_evaluators_overrides[_DirectWatchLandedFiles] = (
-        _DirectWatchEvaluator
-    )
+    register_direct_evaluator(_DirectWatchLandedFiles, _DirectWatchEvaluator)
     return [_DirectWatchOverride()]
