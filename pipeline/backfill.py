@@ -15,7 +15,7 @@ Timeline of a backfill of 5 daily snapshots with ``--snapshots_per_run 2``::
     run 2: snapshots D3 D4 + D2's -> events of D3, D4;  states as of D4 -> for-run-00003
     run 3: snapshot  D5    + D4's -> events of D5
 
-What differs from one run: the mass-exit guard (SPEC §7) judges each run before that
+What differs from one run: the mass-exit guard (docs/contract.md §7) judges each run before that
 run sends anything, but runs that passed have been sent when a later one fails; the
 error says which run failed and which were completed. Rerunning the whole backfill then
 re-sends those events with the same ``eventId`` (at-least-once, like any rerun).

@@ -25,7 +25,7 @@ from transforms.snapshots.watch import DEFAULT_WATCH_INTERVAL_SECONDS, WatchSnap
 class JobSettings:
     """The validated, non-Beam settings of one run (see ``pipeline.options``).
 
-    Attributes mirror the command-line flags of SPEC §8.
+    Attributes mirror the command-line flags of docs/contract.md §8.
     """
 
     inputs: tuple[str, ...]

@@ -1,4 +1,4 @@
-"""Entry point: ``python -m pipeline`` (SPEC §8).
+"""Entry point: ``python -m pipeline`` (docs/contract.md §8).
 
 ``run(argv)`` validates every flag and the config before a pipeline exists, so that a
 mistake costs one clear line and a non-zero exit, never a traceback; then it builds the
@@ -189,7 +189,7 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
             "use --direct_running_mode=multi_processing (or in_memory, the default)"
         )
     if not opts.config:
-        raise UsageError("--config is required: the destination config JSON (SPEC §3)")
+        raise UsageError("--config is required: the destination config JSON (docs/contract.md §3)")
     if not opts.input:
         raise UsageError("--input is required: a glob of snapshot files")
     if not opts.kinesis_stream and not opts.output_path:

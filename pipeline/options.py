@@ -1,6 +1,6 @@
-"""Command-line options of the job (SPEC §8) as a Beam ``PipelineOptions`` subclass.
+"""Command-line options of the job (docs/contract.md §8) as a Beam ``PipelineOptions`` subclass.
 
-Credentials are deliberately not options: boto3's default chain provides them (SPEC §6).
+Credentials are deliberately not options: boto3's default chain provides them (docs/contract.md §6).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ class SegmentEventsOptions(PipelineOptions):
     def _add_argparse_args(cls, parser) -> None:
         parser.add_argument(
             "--config",
-            help="Path of the destination config JSON (SPEC §3). Required.",
+            help="Path of the destination config JSON (docs/contract.md §3). Required.",
         )
         parser.add_argument(
             "--input",

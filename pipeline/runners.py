@@ -3,7 +3,7 @@
 Beam 2.77's ``DirectRunner`` first tries the Prism runner, whose Go binary is
 downloaded from the internet at run time. On a closed network that download fails
 (or, behind a silent firewall, stalls) before Beam falls back to its Python engines.
-The job must not depend on anything downloaded at run time (SPEC §9), so the default
+The job must not depend on anything downloaded at run time (docs/contract.md §9), so the default
 runner here makes the same choice Beam makes after Prism, directly:
 
 * the FnApiRunner (fast, batch) for every pipeline it supports;

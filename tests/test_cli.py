@@ -1,4 +1,4 @@
-"""The command line: every flag of SPEC §8, and one clear line for every usage error."""
+"""The command line: every flag of docs/contract.md §8, and one clear line for every usage error."""
 
 from __future__ import annotations
 

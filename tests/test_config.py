@@ -1,4 +1,4 @@
-"""Config validation (SPEC §3): every key, its type, and a message that says what to fix."""
+"""Config validation (docs/contract.md §3): every key, its type, and a message that says what to fix."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Dataflow job, built offline (SPEC §9): ``DataflowRunner`` in dry-run mode.
+"""The Dataflow job, built offline (docs/contract.md §9): ``DataflowRunner`` in dry-run mode.
 
 Nothing reaches Google Cloud: ``TestOptions.dry_run`` makes the runner stop after it
 built the job (pipeline proto, environment, staged artifacts) and before any API call.

@@ -247,3 +247,19 @@ def test_checker_rejects_what_it_must(tmp_path):
     for target, why in verdicts.items():
         assert (why is None) == (target in ok), (target, why)
     assert "outside the repository" in verdicts["../../outside.md"]
+
+
+def test_every_contract_section_cited_in_the_code_exists():
+    root = Path(__file__).resolve().parents[1]
+    contract = (root / "docs" / "contract.md").read_text(encoding="utf-8")
+    sections = set(re.findall(r"^#{2,3} (\d+(?:\.\d+)?)\.? ", contract, flags=re.M))
+    cited = {
+        (str(path.relative_to(root)), number)
+        for folder in ("pipeline", "transforms", "tools", "bench", "tests")
+        for path in (root / folder).rglob("*.py")
+        for number in re.findall(
+            r"docs/contract\.md §(\d+(?:\.\d+)?)", path.read_text(encoding="utf-8")
+        )
+    }
+    assert len(cited) > 20
+    assert sorted((path, n) for path, n in cited if n not in sections) == []

@@ -1,7 +1,7 @@
 """The whole job, as a user runs it: `python -m pipeline` into a real local Kinesis.
 
 The expected events of the hand-written snapshots below are derived by hand from the
-table of SPEC §4, not from the implementation.
+table of docs/contract.md §4, not from the implementation.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The exact event payload (SPEC §5): golden bytes, eventId, partition key, conversions.
+"""The exact event payload (docs/contract.md §5): golden bytes, eventId, partition key, conversions.
 
 Expected bytes are spelled out here by hand, key order included; digests are computed
 with hashlib from the documented definitions, never copied from the implementation.
@@ -182,7 +182,7 @@ def test_golden_payload(names, stamps, event_id, include, hashed, attributes):
 
 
 def test_golden_spec_example():
-    """The config of SPEC §3 and an exit like the event of SPEC §5, spelled out whole."""
+    """The config of docs/contract.md §3 and an exit like the event of docs/contract.md §5, spelled out whole."""
     config = parse_config(
         {
             "segments": [

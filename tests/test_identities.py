@@ -1,4 +1,4 @@
-"""Identity normalisation, hashing and the include rule (SPEC §3)."""
+"""Identity normalisation, hashing and the include rule (docs/contract.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The pure transition core (SPEC §4): table tests and properties against a small model."""
+"""The pure transition core (docs/contract.md §4): table tests and properties against a small model."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def state_with(memberships, snapshot_ms=T1, **kwargs):
     return ProfileState(snapshot_ms, memberships={"ups": memberships}, **kwargs)
 
 
-# ------------------------------------------------------------- the table of SPEC §4
+# ------------------------------------------------------------- the table of docs/contract.md §4
 
 
 @pytest.mark.parametrize(

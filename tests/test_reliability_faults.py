@@ -1,4 +1,4 @@
-"""Faults through the whole job (SPEC §6): the endpoint down, throttled, or the job killed.
+"""Faults through the whole job (docs/contract.md §6): the endpoint down, throttled, or the job killed.
 
 Each test runs the command line against kinesalite behind ``tools/fault_proxy.py`` on
 the numbered data set of ``tools/stream_check.py``, whose every event names its profile

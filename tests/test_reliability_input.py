@@ -1,4 +1,4 @@
-"""Bad input through the whole job (SPEC §7): what is dead-lettered, what fails, and how.
+"""Bad input through the whole job (docs/contract.md §7): what is dead-lettered, what fails, and how.
 
 Every test runs the real command line (``pipeline.main.main`` in-process, or ``python -m
 pipeline`` where the exact standard error matters) against kinesalite.

@@ -1,4 +1,4 @@
-"""Secrets and PII (SPEC §3, §5, §6): what must never leave the job, checked end to end.
+"""Secrets and PII (docs/contract.md §3, §5, §6): what must never leave the job, checked end to end.
 
 Both tests run ``python -m pipeline`` with ``LOG_LEVEL=DEBUG`` (the most talkative
 setting) against kinesalite behind the fault proxy, capture everything the process

@@ -1,4 +1,4 @@
-"""Scale-out on one machine: the local runner with several worker processes (SPEC §9).
+"""Scale-out on one machine: the local runner with several worker processes (docs/contract.md §9).
 
 ``--direct_num_workers=2 --direct_running_mode=multi_processing`` makes the FnApiRunner run
 bundles in two SDK worker subprocesses; the events must be exactly those of the

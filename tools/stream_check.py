@@ -40,7 +40,7 @@ def ecid(index: int) -> str:
 
 
 def partition_key(index: int) -> str:
-    """The Kinesis partition key of numbered profile ``index`` (SPEC §5)."""
+    """The Kinesis partition key of numbered profile ``index`` (docs/contract.md §5)."""
     return hashlib.sha256(f"ecid:{ecid(index)}".encode()).hexdigest()
 
 

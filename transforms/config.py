@@ -1,4 +1,4 @@
-"""Loading and validation of the destination config (the "activation", SPEC §3).
+"""Loading and validation of the destination config (the "activation", docs/contract.md §3).
 
 The config is validated completely before any pipeline is built: every problem is a
 :class:`ConfigError` whose message names the key and what was expected, so the command
@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-# Keys of the config file, in the order of SPEC §3.
+# Keys of the config file, in the order of docs/contract.md §3.
 _TOP_LEVEL_KEYS = (
     "segments",
     "profile_key",
@@ -39,11 +39,11 @@ _SEGMENT_KEYS = (
 SEGMENT_TIMESTAMP_KEYS = ("createdAt", "updatedAt", "mappingCreatedAt", "mappingUpdatedAt")
 _TRIGGER_KEYS = ("segments", "attributes", "identities")
 _IDENTITY_KEYS = ("include", "hash")
-# Hash kinds are named by the source namespace they normalise (SPEC §3).
+# Hash kinds are named by the source namespace they normalise (docs/contract.md §3).
 HASHABLE_NAMESPACES = ("email", "phone")
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-# Top-level event keys that attributes must not shadow (SPEC §5), and the input tombstone.
+# Top-level event keys that attributes must not shadow (docs/contract.md §5), and the input tombstone.
 _RESERVED_TOP_LEVEL = ("identityMap", "segmentMembership", "eventId", "_deleted")
 
 
@@ -91,7 +91,7 @@ class ActivationConfig:
             namespaces (``"identityMap": {}``); by default they are excluded and counted.
         absent_profile_ttl_seconds: Streaming: exit a profile unseen this long; ``None``
             disables it.
-        max_exit_fraction: Mass-exit guard threshold (SPEC §7).
+        max_exit_fraction: Mass-exit guard threshold (docs/contract.md §7).
     """
 
     segments: tuple[SegmentMapping, ...] | None

@@ -6,7 +6,7 @@ scenario with their runner flags and compare its events with the DirectRunner's.
 Snapshot folders land in a watched folder one after the other: the test writes the next
 snapshot (data files first, then its ``_SUCCESS`` marker, as an export job does) only
 after the previous snapshot's events are in the (local) Kinesis stream. The expected
-events are derived by hand from SPEC §4 (streaming: TTL exits, baseline seeding).
+events are derived by hand from docs/contract.md §4 (streaming: TTL exits, baseline seeding).
 
 Timeline (``absent_profile_ttl`` = 36 h; a, b, c are profiles, s1, s2 mapped segments)::
 

@@ -1,4 +1,4 @@
-"""The output event: its exact JSON bytes, its ``eventId`` and its partition key (SPEC §5).
+"""The output event: its exact JSON bytes, its ``eventId`` and its partition key (docs/contract.md §5).
 
 The bytes made here are the Kinesis record data *and* the ``--output_path`` lines, so
 they are fully determined by the transition and the config:
@@ -56,7 +56,7 @@ def partition_key_for(profile_key: str) -> str:
     every event of a profile to the same shard.
 
     Args:
-        profile_key: The profile key (SPEC §2.4), e.g. ``"email:john@example.com"``.
+        profile_key: The profile key (docs/contract.md §2.4), e.g. ``"email:john@example.com"``.
 
     Returns:
         64 lower-case hex characters.
@@ -170,7 +170,7 @@ class EventFormatter:
             if not isinstance(by_id, dict):
                 raise EventFormatError(f"transition segments.{namespace} is not an object")
             for seg_id, entry in by_id.items():
-                # Only mapped segments are ever sent (SPEC §3), even if state from an
+                # Only mapped segments are ever sent (docs/contract.md §3), even if state from an
                 # earlier config still holds others.
                 if not config.is_mapped(namespace, seg_id):
                     continue
@@ -310,7 +310,7 @@ def _json_value(value: Any, path: str) -> Any:
         return [_json_value(item, path) for item in value]
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)  # naive times are UTC (SPEC §2.3)
+            value = value.replace(tzinfo=dt.UTC)  # naive times are UTC (docs/contract.md §2.3)
         return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
     if isinstance(value, (dt.date, dt.time)):
         return value.isoformat()

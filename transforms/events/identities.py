@@ -1,4 +1,4 @@
-"""The identity part of an event: normalisation, hashing and the include rule (SPEC §3).
+"""The identity part of an event: normalisation, hashing and the include rule (docs/contract.md §3).
 
 Rules, in the order they apply to a profile's raw ``namespace -> [ids]``:
 

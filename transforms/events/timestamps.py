@@ -30,7 +30,7 @@ def parse_timestamp(value: object) -> int:
 
     Accepted: ISO-8601 date-times with ``Z``, ``+0000``, ``+00:00`` or any other
     offset, optional fractions of a second, a bare date (midnight UTC), a naive
-    date-time (taken as UTC, SPEC §2.3), and epoch milliseconds as an integer or a
+    date-time (taken as UTC, docs/contract.md §2.3), and epoch milliseconds as an integer or a
     string of digits.
 
     Args:

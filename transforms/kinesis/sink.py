@@ -14,7 +14,7 @@ delivered), empty when all went well::
      "invalid_partition_key", "error": "<Kinesis code: message>", "file": None,
      "raw": "<data as text>", "partition_key": "<key>"}
 
-Guarantees (SPEC §6): PutRecords within the service limits; retries of failed entries
+Guarantees (docs/contract.md §6): PutRecords within the service limits; retries of failed entries
 only (whole requests on throttling, 5xx, timeouts and connection errors) with full-jitter
 exponential backoff, bounded in attempts and time; an adaptive (AIMD) client rate limiter
 and an optional hard cap; per-key order across retries (at most one record per key in

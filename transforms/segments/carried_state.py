@@ -4,7 +4,7 @@ A backfill split with ``--snapshots_per_run`` runs one pipeline per group of
 consecutive snapshots. Each run writes the final state of every profile it still has to
 remember (:func:`transforms.segments.memberships.carried_state`) and the next run starts from
 those states, so the split gives exactly the events of one run over all the snapshots
-while each run only holds its own snapshots (SPEC §4 "Order").
+while each run only holds its own snapshots (docs/contract.md §4 "Order").
 
 The files are Avro (written with Beam's Avro IO): one record per profile, the profile
 key and the state in the versioned encoding of :func:`transforms.segments.codecs.encode_state`

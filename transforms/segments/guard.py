@@ -2,7 +2,7 @@
 
 Both are computed from light passes over the records and read by the replay as side
 inputs, so no transition exists (and nothing downstream starts) before they passed
-(contract §7).
+(docs/contract.md §7).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from transforms.segments.memberships import ANY_SNAPSHOT, mass_exit_counts
 
 _LOGGER = logging.getLogger(__name__)
 
-# The mass-exit guard ignores snapshots with fewer tracked profiles (contract §7).
+# The mass-exit guard ignores snapshots with fewer tracked profiles (docs/contract.md §7).
 MIN_TRACKED_PROFILES = 100
 
 
 class MassExitError(ValueError):
-    """A batch run would exit too many profiles at once (contract §7); nothing was sent."""
+    """A batch run would exit too many profiles at once (docs/contract.md §7); nothing was sent."""
 
 
 # ------------------------------------------------------------------ bad-records guard
@@ -103,7 +103,7 @@ def check_bad_records(counts: dict[int, int], max_bad_records: int) -> frozenset
 def check_mass_exit(
     counts: dict[int, list[int]], max_exit_fraction: float, allow_mass_exit: bool = False
 ) -> bool:
-    """Applies the batch mass-exit guard to the per-snapshot counts (SPEC §7).
+    """Applies the batch mass-exit guard to the per-snapshot counts (docs/contract.md §7).
 
     Args:
         counts: Snapshot ms -> ``[profiles tracked before it, of those absent from it]``.

@@ -1,4 +1,4 @@
-"""The pure core of segment transitions (SPEC §4): no Beam, only plain data and functions.
+"""The pure core of segment transitions (docs/contract.md §4): no Beam, only plain data and functions.
 
 Everything that decides *whether* and *what* a profile emits lives here, so that the
 batch and the streaming DoFns of :mod:`transforms.segments.transitions` share one semantics and
@@ -44,7 +44,7 @@ REALIZED = "realized"
 EXISTING = "existing"
 EXITED = "exited"
 # Exited memberships (and the whole state of a gone profile) are kept this long after
-# their time (SPEC §4), so that a late duplicate cannot resurrect them.
+# their time (docs/contract.md §4), so that a late duplicate cannot resurrect them.
 RETENTION_MS = 30 * 86_400_000
 # Duplicate records of one snapshot: at an equal lastQualificationTime the higher rank
 # wins. An exit is the most recent kind of change, and "realized" is more specific than
@@ -59,7 +59,7 @@ ANY_SNAPSHOT = -(2**62)
 
 @dataclass(frozen=True)
 class Triggers:
-    """What makes a profile emit an event (config ``triggers``, SPEC §3/§4).
+    """What makes a profile emit an event (config ``triggers``, docs/contract.md §3/§4).
 
     Attributes:
         segments: A membership change emits an event.
@@ -174,7 +174,7 @@ class Replay(NamedTuple):
 
 
 def merge_records(records: Sequence[dict]) -> dict:
-    """Merges the records of one profile key in one snapshot (SPEC §2.4).
+    """Merges the records of one profile key in one snapshot (docs/contract.md §2.4).
 
     Identities are united; per segment the entry with the latest
     ``lastQualificationTime`` wins (a missing time is the oldest; at equal times the
@@ -281,7 +281,7 @@ def _entry_rank(entry: Sequence) -> tuple[int, int]:
 def diff_memberships(
     previous: Memberships, current: Memberships, snapshot_ms: int
 ) -> tuple[Memberships, Memberships]:
-    """Compares memberships before and at a snapshot (the table of SPEC §4).
+    """Compares memberships before and at a snapshot (the table of docs/contract.md §4).
 
     ============  ==========  ========  =============================================
     before        after       emitted   lastQualificationTime
@@ -596,7 +596,7 @@ def mass_exit_counts(
     counts: dict[int, list[int]],
     live_before: bool = False,
 ) -> None:
-    """Adds one profile's share to the batch mass-exit guard counts (SPEC §7).
+    """Adds one profile's share to the batch mass-exit guard counts (docs/contract.md §7).
 
     With the disappearance rule, a profile is live after snapshot T exactly when it has
     a record at T that is not a tombstone. So it is *tracked before* the next snapshot

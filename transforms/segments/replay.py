@@ -101,7 +101,7 @@ class BatchTransitionsFn(TransitionsFnBase):
         T2: no record   -> every membership exits at T2 (disappearance)
         T3: record      -> re-entry: its memberships are entries again
 
-    No user state, on purpose (README "Transitions"):
+    No user state, on purpose (docs/design.md):
 
     * the GroupByKey hands over each key exactly once with all its snapshots, so state
       would carry nothing between elements;

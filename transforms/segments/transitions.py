@@ -1,4 +1,4 @@
-"""Segment entry/exit transitions per profile (SPEC §4, §7, §9).
+"""Segment entry/exit transitions per profile (docs/contract.md §4, §7, §9).
 
 :class:`ComputeSegmentTransitions` turns ``(profile key, record)`` pairs into
 ``(profile key, transition)`` pairs. The rules live in the pure functions of
@@ -84,7 +84,7 @@ class TransitionsResult(NamedTuple):
 
 
 class ComputeSegmentTransitions(beam.PTransform):
-    """Computes segment entry/exit transitions per profile key (SPEC §4).
+    """Computes segment entry/exit transitions per profile key (docs/contract.md §4).
 
     Example timeline (batch, one profile ``k``, segment ``s`` mapped)::
 
@@ -100,7 +100,7 @@ class ComputeSegmentTransitions(beam.PTransform):
     Args:
         config: The activation config.
         streaming: Streaming semantics (TTL exits, late data) instead of batch.
-        allow_mass_exit: Do not stop at the mass-exit guard (SPEC §7).
+        allow_mass_exit: Do not stop at the mass-exit guard (docs/contract.md §7).
         carry_states: Batch only: the result's ``states`` holds what the next run of a
             split backfill needs, as opaque ``bytes`` values for
             :class:`transforms.segments.carried_state.WriteCarriedStates`.

@@ -1,4 +1,4 @@
-"""Snapshot file formats, recognised by file extension (contract §2.2)."""
+"""Snapshot file formats, recognised by file extension (docs/contract.md §2.2)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ The internal form of one profile in one snapshot (a plain dict, so that Beam's f
 primitive coder encodes it deterministically and cheaply on every runner)::
 
     {
-        "snapshot_ms": 1706659200000,        # T of the snapshot (SPEC §2.3), epoch ms UTC
+        "snapshot_ms": 1706659200000,        # T of the snapshot (docs/contract.md §2.3), epoch ms UTC
         "baseline": False,                   # from a --baseline input: seeds state only
         "deleted": False,                    # "_deleted": true tombstone
         "segments": {"ups": {"seg-1": ["realized", 1583270679000]}},
@@ -17,7 +17,7 @@ A record that failed validation but names its profile becomes a *keep* record
 (:func:`keep_record`, ``"keep": True``): the profile is present in that snapshot and
 keeps its previous state; nothing is emitted for it there.
 
-``segments`` holds only the mapped segments (SPEC §3), each as ``[status, last
+``segments`` holds only the mapped segments (docs/contract.md §3), each as ``[status, last
 qualification time in epoch ms or None]``; ``identities`` keeps every namespace's ids in
 input order (the include/hash rules apply when events are formatted); ``attributes``
 holds only the configured dotted paths that the record has.
@@ -40,7 +40,7 @@ class RecordError(ValueError):
 
 
 def resolve_profile_key(record: dict, rule: str) -> str:
-    """Resolves the profile key of a raw record (SPEC §2.4).
+    """Resolves the profile key of a raw record (docs/contract.md §2.4).
 
     Args:
         record: The raw record (already a dict).

@@ -1,4 +1,4 @@
-"""``ReadSnapshots``: profile snapshot files to keyed internal profile records (SPEC §2).
+"""``ReadSnapshots``: profile snapshot files to keyed internal profile records (docs/contract.md §2).
 
 Files are matched when the pipeline is built, so a pattern that matches nothing, a file
 of unknown format or a file without a resolvable snapshot time fails before anything

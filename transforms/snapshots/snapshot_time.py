@@ -1,4 +1,4 @@
-"""Resolution of a snapshot's time T from a file path (SPEC §2.3).
+"""Resolution of a snapshot's time T from a file path (docs/contract.md §2.3).
 
 In order of precedence a record's T comes from the ``--snapshot_time_field`` of the
 record (handled by the reader), then a Hive-style ``snapshot=<ISO date or date-time>``

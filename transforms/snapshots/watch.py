@@ -1,4 +1,4 @@
-"""Streaming input: snapshots picked up as they land (SPEC §2.3, §4 streaming).
+"""Streaming input: snapshots picked up as they land (docs/contract.md §2.3, §4 streaming).
 
 ``WatchSnapshots`` is the streaming counterpart of :class:`transforms.snapshots.read.ReadSnapshots`.
 It polls the ``--input`` patterns every ``--watch_interval`` seconds and takes the files
