@@ -63,12 +63,14 @@ def plain_job(config_path: str, pattern: str, out_path: str) -> dict:
 
     from transforms.config import load_config
     from transforms.events.format import EventFormatter
-    from transforms.segments.memberships import (
-        Tally,
-        Triggers,
+    from transforms.segments.rules import (
         apply_absence,
         apply_record,
         merge_records,
+    )
+    from transforms.segments.state import (
+        Tally,
+        Triggers,
     )
     from transforms.snapshots.profiles import RecordError, to_profile_record
     from transforms.snapshots.snapshot_time import snapshot_time_from_path

@@ -15,7 +15,14 @@ import pytest
 
 from pipeline.main import main
 from tools.stream_check import read_lines
-from transforms.segments.memberships import ProfileState, Triggers, replay_batch, replay_stream
+from transforms.segments.memberships import (
+    replay_batch,
+    replay_stream,
+)
+from transforms.segments.state import (
+    ProfileState,
+    Triggers,
+)
 from transforms.snapshots.profiles import keep_record
 
 S1 = "seg-1"
@@ -130,7 +137,9 @@ def test_streaming_replay_keeps_the_state_and_restarts_the_ttl():
 
 
 def test_a_withheld_absence_is_confirmed_by_the_next_complete_snapshot():
-    from transforms.segments.memberships import ANY_SNAPSHOT
+    from transforms.segments.state import (
+        ANY_SNAPSHOT,
+    )
 
     gone = replay_batch([A_RECORD], [D1, D2, D3], TRIGGERS, incomplete={D2})
     assert [(t["snapshot_ms"], t["segments"]["ups"][S1][0]) for t in gone.transitions] == [

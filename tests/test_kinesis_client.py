@@ -96,6 +96,9 @@ def test_transform_rejects_bad_settings_before_the_run():
         WriteToKinesisStream("s", max_in_flight_requests=0)
     with pytest.raises(ValueError, match="max_record_bytes"):
         WriteToKinesisStream("s", max_record_bytes=11 * 1024 * 1024)
+    # Settings are keyword-only: a positional region cannot land in another setting.
+    with pytest.raises(TypeError):
+        WriteToKinesisStream("s", "eu-west-1")  # type: ignore[misc]
 
 
 @pytest.mark.integration

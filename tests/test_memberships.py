@@ -11,21 +11,25 @@ from hypothesis import strategies as st
 
 from transforms.config import parse_config
 from transforms.segments.memberships import (
+    carried_state,
+    mass_exit_counts,
+    next_deadline,
+    replay_batch,
+    replay_stream,
+)
+from transforms.segments.rules import (
+    apply_absence,
+    apply_record,
+    diff_memberships,
+    merge_records,
+    prune_exited,
+    record_digest,
+)
+from transforms.segments.state import (
     RETENTION_MS,
     ProfileState,
     Tally,
     Triggers,
-    apply_absence,
-    apply_record,
-    carried_state,
-    diff_memberships,
-    mass_exit_counts,
-    merge_records,
-    next_deadline,
-    prune_exited,
-    record_digest,
-    replay_batch,
-    replay_stream,
 )
 
 DAY = 86_400_000

@@ -16,7 +16,9 @@ from pipeline.runners import OfflineDirectRunner
 from transforms.config import parse_config
 from transforms.segments.codecs import decode_record, decode_state, encode_record, encode_state
 from transforms.segments.guard import check_mass_exit
-from transforms.segments.memberships import ProfileState
+from transforms.segments.state import (
+    ProfileState,
+)
 from transforms.segments.transitions import ComputeSegmentTransitions, MassExitError
 
 DAY = 86_400_000

@@ -170,6 +170,7 @@ class WriteToKinesisStream(beam.PTransform):
     def __init__(
         self,
         stream_name: str,
+        *,
         region: str | None = None,
         endpoint_url: str | None = None,
         role_arn: str | None = None,
@@ -179,7 +180,6 @@ class WriteToKinesisStream(beam.PTransform):
         dead_letter: bool = True,
         client_factory: Callable[[], Any] | None = None,
         max_in_flight_requests: int = 8,
-        *,
         max_buffered_records: int = 100_000,
         max_buffered_bytes: int = 64 * 1024 * 1024,
         max_attempts: int = 10,
@@ -194,6 +194,8 @@ class WriteToKinesisStream(beam.PTransform):
         label: str | None = None,
     ):
         """Configures the sink; invalid settings raise ValueError here, before the run.
+
+        Every setting after the stream name is keyword-only.
 
         Args:
             stream_name: the Kinesis data stream.

@@ -17,7 +17,9 @@ from __future__ import annotations
 from apache_beam import coders
 
 from transforms.segments.carried_state import CARRIED_STATE_FIELD, is_carried_state
-from transforms.segments.memberships import ProfileState
+from transforms.segments.state import (
+    ProfileState,
+)
 
 STATE_VERSION = 1
 RECORD_TAG = b"r"

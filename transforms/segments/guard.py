@@ -17,7 +17,12 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms.events.timestamps import format_timestamp
 from transforms.segments.carried_state import is_carried_state
 from transforms.segments.codecs import carried_bytes
-from transforms.segments.memberships import ANY_SNAPSHOT, mass_exit_counts
+from transforms.segments.memberships import (
+    mass_exit_counts,
+)
+from transforms.segments.state import (
+    ANY_SNAPSHOT,
+)
 
 _LOGGER = logging.getLogger(__name__)
 

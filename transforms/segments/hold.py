@@ -17,8 +17,10 @@ from transforms.events.timestamps import format_timestamp
 from transforms.metrics import METRICS_NAMESPACE
 from transforms.segments.codecs import VALUE_CODER
 from transforms.segments.guard import MIN_TRACKED_PROFILES
-from transforms.segments.memberships import RETENTION_MS
 from transforms.segments.replay import DEAD, EPSILON_MS, timestamp_ms
+from transforms.segments.state import (
+    RETENTION_MS,
+)
 
 _LOGGER = logging.getLogger(__name__)
 

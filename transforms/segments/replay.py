@@ -34,12 +34,14 @@ from transforms.segments.codecs import (
     encode_state,
 )
 from transforms.segments.memberships import (
-    Tally,
-    Triggers,
     carried_state,
     next_deadline,
     replay_batch,
     replay_stream,
+)
+from transforms.segments.state import (
+    Tally,
+    Triggers,
 )
 
 # Output tags of the replay DoFns.
