@@ -16,7 +16,14 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.kinesis.writer import KinesisSinkError, KinesisWriter, SinkMetrics, SinkSettings
+from transforms.kinesis.settings import (
+    KinesisSinkError,
+    SinkMetrics,
+    SinkSettings,
+)
+from transforms.kinesis.writer import (
+    KinesisWriter,
+)
 
 
 def client_error(code: str, status: int = 400) -> ClientError:

@@ -43,12 +43,14 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.kinesis.batching import DEFAULT_MAX_RECORD_BYTES
 from transforms.kinesis.client import make_kinesis_client
-from transforms.kinesis.writer import (
+from transforms.kinesis.settings import (
     DeadLetter,
     KinesisSinkError,
-    KinesisWriter,
     SinkMetrics,
     SinkSettings,
+)
+from transforms.kinesis.writer import (
+    KinesisWriter,
     WriterState,
 )
 from transforms.metrics import METRICS_NAMESPACE
