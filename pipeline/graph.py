@@ -92,7 +92,7 @@ def build_pipeline(
         streaming=settings.streaming,
         allow_mass_exit=settings.allow_mass_exit,
         carry_states=settings.state_output_prefix is not None,
-        read_dead_letters=None if settings.streaming else read["dead_letters"],
+        read_dead_letters=read["dead_letters"],
         max_bad_records=settings.max_bad_records,
     )
     if settings.state_output_prefix:

@@ -207,6 +207,12 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
         raise UsageError("--kinesis_aggregate needs --kinesis_stream")
     if opts.max_bad_records < 0:
         raise UsageError("--max_bad_records must be 0 or more")
+    if opts.max_bad_records and streaming:
+        raise UsageError(
+            "--max_bad_records applies to batch runs; a streaming run goes on past "
+            "unreadable records and withholds the TTL exits they leave unproven (dead "
+            "letter reason incomplete_snapshot)"
+        )
     if opts.watch_interval is not None and not streaming:
         raise UsageError("--watch_interval only applies with --streaming")
     if opts.watch_interval is not None and opts.watch_interval <= 0:

@@ -113,7 +113,9 @@ class SegmentEventsOptions(PipelineOptions):
             "before anything is sent; up to it, no profile exits by disappearance from an "
             "incomplete snapshot (a later complete snapshot confirms the exit). A bad "
             "record that names its profile never counts: that profile keeps its state. "
-            "Every bad record goes to the dead letters. Default: 0.",
+            "Every bad record goes to the dead letters. Streaming does not take this flag: "
+            "it goes on, and a TTL exit whose absence an incomplete snapshot cannot prove "
+            "is withheld (dead letter reason incomplete_snapshot). Default: 0.",
         )
         parser.add_argument(
             "--allow_mass_exit",

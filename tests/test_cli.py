@@ -100,6 +100,11 @@ def snapshot(tmp_path):
             "loses grouped records",
         ),
         (["--kinesis_stream", "s"], "--kinesis_region is required"),
+        (["--output_path", "o", "--max_bad_records", "-1"], "must be 0 or more"),
+        (
+            ["--output_path", "o", "--streaming", "--max_bad_records", "3"],
+            "--max_bad_records applies to batch runs",
+        ),
     ],
 )
 def test_flag_errors(snapshot, capsys, monkeypatch, extra, message):

@@ -214,7 +214,7 @@ def truncated_stream(tracked=150, kept=40):
 def test_mass_exit_is_held_in_streaming(caplog):
     entries = [(f"p{i}", ev(T1, {"a": ["realized", 1]})) for i in range(150)]
     entries += [(f"p{i}", ev(T3, {"a": ["exited", T3]})) for i in range(40)]
-    with caplog.at_level(logging.WARNING, logger="transforms.segments.transitions"):
+    with caplog.at_level(logging.WARNING, logger="transforms.segments.hold"):
         run_stream(
             truncated_stream(),
             config(ttl="1d"),
@@ -230,3 +230,92 @@ def test_mass_exit_allowed_in_streaming():
     expected += [(f"p{i}", ev(T2, {"a": ["exited", T2]})) for i in range(40, 150)]
     expected += [(f"p{i}", ev(T3, {"a": ["exited", T3]})) for i in range(40)]
     run_stream(truncated_stream(), config(ttl="1d"), expected=expected, allow_mass_exit=True)
+
+
+# ------------------------------------------- the hold: sharded exits, proven absences
+
+
+def test_decide_withholds_unproven_and_mass_exits():
+    from transforms.segments.hold import INCOMPLETE_SNAPSHOT, MASS_EXIT_HELD, SEND, decide
+
+    assert decide(150, 110, None, False, 0.5, False) == (MASS_EXIT_HELD, True)
+    assert decide(150, 110, None, False, 0.5, True) == (SEND, True)
+    assert decide(150, 10, None, False, 0.5, False) == (SEND, False)
+    assert decide(50, 50, None, False, 0.5, False) == (SEND, False)  # under 100 tracked
+    assert decide(150, 10, None, True, 0.5, True) == (INCOMPLETE_SNAPSHOT, False)
+    # A withholding verdict stays for exits decided later.
+    assert decide(150, 11, MASS_EXIT_HELD, False, 0.5, False) == (MASS_EXIT_HELD, True)
+    assert decide(150, 11, INCOMPLETE_SNAPSHOT, False, 0.5, False)[0] == INCOMPLETE_SNAPSHOT
+
+
+def test_the_exits_of_one_snapshot_are_spread_over_many_keys():
+    from transforms.segments.replay import EXIT_SHARDS, exit_shard
+
+    shards = [exit_shard(f"email:p{i}@example.com") for i in range(2000)]
+    assert len(set(shards)) == EXIT_SHARDS
+    assert max(shards.count(s) for s in set(shards)) < 2000 / EXIT_SHARDS * 2
+    assert exit_shard("ecid:1") == 33  # crc32: the same in every process (no hash seed)
+
+
+def _unknown_letter(snapshot_ms):
+    return {
+        "stage": "read",
+        "reason": "invalid_json",
+        "error": "line 1: not JSON",
+        "file": f"s={snapshot_ms}/part-0.json",
+        "raw": "{broken",
+        "profile_state": "unknown",
+        "snapshot_ms": snapshot_ms,
+    }
+
+
+def _run_with_letters(stream, cfg, expected, dead):
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    pipeline = test_pipeline.TestPipeline(runner=OfflineDirectRunner(), options=options)
+    both = pipeline | stream | beam.Partition(lambda e, _n: 0 if isinstance(e, tuple) else 1, 2)
+    result = both[0] | ComputeSegmentTransitions(cfg, streaming=True, read_dead_letters=both[1])
+    assert_that(result.transitions, equal_to(expected), label="transitions")
+    letters = result.dead_letters | beam.Map(lambda d: (d["stage"], d["reason"]))
+    assert_that(letters, equal_to(list(dead)), label="dead letters")
+    pipeline.run().wait_until_finish()
+
+
+def _two_profiles_unseen_after_t1(letter_at):
+    events = arrive(
+        ("p1", rec(T1, {"a": ["realized", 1]})), ("p2", rec(T1, {"a": ["realized", 1]}))
+    )
+    stream = test_stream.TestStream().add_elements(events)
+    stream = stream.advance_watermark_to(watermark(T1 + HOUR))
+    stream = stream.add_elements(arrive(("p3", rec(T2, {"b": ["realized", 1]}))))
+    if letter_at is not None:
+        stream = stream.add_elements(
+            [TimestampedValue(_unknown_letter(letter_at), letter_at / 1000)]
+        )
+    return (
+        stream.advance_watermark_to(watermark(T2 + HOUR))
+        .advance_watermark_to(watermark(T4 + HOUR))
+        .advance_watermark_to_infinity()
+    )
+
+
+def test_an_incomplete_snapshot_within_the_ttl_withholds_the_ttl_exits():
+    # p1 and p2 are unseen after T1; T2 had a line that names no profile: either may be
+    # that line, so their TTL exits (at T1 + 2 days) are not proven.
+    entries = [("p1", ev(T1, {"a": ["realized", 1]})), ("p2", ev(T1, {"a": ["realized", 1]}))]
+    entries += [("p3", ev(T2, {"b": ["realized", 1]}))]
+    p3_exit = [("p3", ev(T4, {"b": ["exited", T4]}))]
+    _run_with_letters(
+        _two_profiles_unseen_after_t1(letter_at=T2),
+        config(ttl="2d"),
+        expected=entries + p3_exit,
+        dead=[("transitions", "incomplete_snapshot")] * 2,
+    )
+
+
+def test_without_an_incomplete_snapshot_the_ttl_exits_are_sent():
+    expected = [("p1", ev(T1, {"a": ["realized", 1]})), ("p2", ev(T1, {"a": ["realized", 1]}))]
+    expected += [("p3", ev(T2, {"b": ["realized", 1]}))]
+    expected += [("p1", ev(T3, {"a": ["exited", T3]})), ("p2", ev(T3, {"a": ["exited", T3]}))]
+    expected += [("p3", ev(T4, {"b": ["exited", T4]}))]
+    _run_with_letters(_two_profiles_unseen_after_t1(None), config(ttl="2d"), expected, dead=[])

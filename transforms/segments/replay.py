@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from typing import Any
 
 import apache_beam as beam
@@ -47,6 +48,11 @@ from transforms.segments.state import (
 # Output tags of the replay DoFns.
 DEAD = "dead_letters"
 TTL = "ttl_exits"
+GUARD = "guard_counts"
+# The one key of the streaming mass-exit guard's counts, and the number of slices of
+# the TTL exits it holds (see :mod:`transforms.segments.hold`).
+GUARD_KEY = "mass-exit-guard"
+EXIT_SHARDS = 64
 STATES = "carried_states"
 # A snapshot at T is complete once the watermark passed T; timers fire at T + 1 ms
 # because a watermark equal to T still admits elements stamped T.
@@ -233,26 +239,49 @@ class StreamingTransitionsFn(TransitionsFnBase):
             wake.set(timestamp_ms(min(targets)))
         for transition in replay.transitions:
             yield (key, transition)
-        for last_seen, transition in replay.ttl_exits:
-            yield TaggedOutput(TTL, (last_seen, ("exit", key, transition)))
+        if replay.ttl_exits:
+            shard = self._shard(key)
+            for last_seen, transition in replay.ttl_exits:
+                self._exit_counts[(last_seen, shard)] = (
+                    self._exit_counts.get((last_seen, shard), 0) + 1
+                )
+                yield TaggedOutput(TTL, ((last_seen, shard), ("exit", key, transition)))
         for record in replay.late:
             yield self._late(record, state.snapshot_ms)
+
+    def start_bundle(self) -> None:
+        super().start_bundle()
+        self._exit_counts: dict[tuple[int, int], int] = {}
 
     def finish_bundle(self):
         self._flush_counters()
         if self._ttl_ms is not None:
-            # Live profiles per snapshot, the denominator of the mass-exit hold; one
-            # element per snapshot and bundle, not one per profile.
+            # The mass-exit guard's counts: live profiles per snapshot, and TTL exits per
+            # last-seen snapshot and shard; one element per bundle and snapshot (and
+            # shard), not one per profile.
             for snapshot_ms, count in self._tally.present.items():
-                yield TaggedOutput(
-                    TTL,
-                    WindowedValue(
-                        (snapshot_ms, ("live", count)),
-                        timestamp_ms(snapshot_ms + EPSILON_MS),
-                        (GlobalWindow(),),
-                    ),
+                yield self._to_guard(("live", snapshot_ms, count), snapshot_ms + EPSILON_MS)
+            for (last_seen, shard), count in self._exit_counts.items():
+                yield self._to_guard(
+                    ("exits", last_seen, shard, count), last_seen + self._ttl_ms + EPSILON_MS
                 )
         self._tally.present.clear()
+        self._exit_counts = {}
+
+    @staticmethod
+    def _to_guard(message: tuple, at_ms: int) -> TaggedOutput:
+        return TaggedOutput(
+            GUARD, WindowedValue((GUARD_KEY, message), timestamp_ms(at_ms), (GlobalWindow(),))
+        )
+
+    @staticmethod
+    def _shard(key: str) -> int:
+        return exit_shard(key)
+
+
+def exit_shard(profile_key: str) -> int:
+    """The slice of a profile's TTL exits (stable across processes and runs)."""
+    return zlib.crc32(profile_key.encode("utf-8")) % EXIT_SHARDS
 
 
 def timestamp_ms(epoch_ms: int) -> Timestamp:

@@ -62,8 +62,15 @@ from transforms.segments.guard import (
 from transforms.segments.guard import (
     presence as profile_presence,
 )
-from transforms.segments.hold import MassExitHoldFn
-from transforms.segments.replay import DEAD, STATES, TTL, BatchTransitionsFn, StreamingTransitionsFn
+from transforms.segments.hold import MassExitGuardFn, ReleaseExitsFn, incomplete_marker
+from transforms.segments.replay import (
+    DEAD,
+    GUARD,
+    STATES,
+    TTL,
+    BatchTransitionsFn,
+    StreamingTransitionsFn,
+)
 
 __all__ = ["BadRecordsError", "ComputeSegmentTransitions", "MassExitError", "TransitionsResult"]
 
@@ -104,12 +111,14 @@ class ComputeSegmentTransitions(beam.PTransform):
         carry_states: Batch only: the result's ``states`` holds what the next run of a
             split backfill needs, as opaque ``bytes`` values for
             :class:`transforms.segments.carried_state.WriteCarriedStates`.
-        read_dead_letters: Batch only: the read step's dead letters. Those whose
-            profile is unknown (``"profile_state": "unknown"``) make their snapshot
-            incomplete: more than ``max_bad_records`` of them fail the run before any
+        read_dead_letters: The read step's dead letters. Those whose profile is
+            unknown (``"profile_state": "unknown"``) make their snapshot incomplete.
+            Batch: more than ``max_bad_records`` of them fail the run before any
             transition exists (:class:`BadRecordsError`); up to that many, no profile
-            exits by disappearance from an incomplete snapshot.
-        max_bad_records: See ``read_dead_letters``.
+            exits by disappearance from an incomplete snapshot. Streaming (with
+            ``absent_profile_ttl``): TTL exits of profiles last seen at T are withheld
+            when a snapshot in (T, T + TTL] is incomplete.
+        max_bad_records: Batch only; see ``read_dead_letters``.
 
     Returns (from ``expand``):
         A :class:`TransitionsResult` with ``transitions`` and ``dead_letters``.
@@ -197,22 +206,43 @@ class ComputeSegmentTransitions(beam.PTransform):
             | "KeyType" >> beam.Map(_identity).with_output_types(tuple[str, Any])
             | "Replay"
             >> beam.ParDo(StreamingTransitionsFn(config)).with_outputs(
-                DEAD, TTL, main="transitions"
+                DEAD, TTL, GUARD, main="transitions"
             )
         )
         if config.absent_profile_ttl_seconds is None:
             return TransitionsResult(outputs.transitions, outputs[DEAD])
-        held = (
-            outputs[TTL]
-            | "SnapshotKeyType" >> beam.Map(_identity).with_output_types(tuple[int, Any])
-            | "MassExitHold"
-            >> beam.ParDo(MassExitHoldFn(config, self._allow_mass_exit)).with_outputs(
-                DEAD, main="released"
+        # The mass-exit guard (one key, small counts) and the exits it releases (keyed
+        # by last-seen snapshot and shard): see transforms.segments.hold.
+        guard_inputs = [outputs[GUARD]]
+        if self._read_dead_letters is not None:
+            guard_inputs.append(
+                self._read_dead_letters
+                | "MarkIncompleteSnapshots"
+                >> beam.ParDo(_MarkIncompleteFn()).with_output_types(tuple[str, Any])
             )
+        verdicts = (
+            guard_inputs
+            | "MergeGuardCounts" >> beam.Flatten()
+            | "GuardKeyType" >> beam.Map(_identity).with_output_types(tuple[str, Any])
+            | "MassExitGuard" >> beam.ParDo(MassExitGuardFn(config, self._allow_mass_exit))
+        )
+        held = (
+            (outputs[TTL], verdicts)
+            | "MergeExitsAndVerdicts" >> beam.Flatten()
+            | "ShardKeyType" >> beam.Map(_identity).with_output_types(tuple[tuple[int, int], Any])
+            | "ReleaseExits"
+            >> beam.ParDo(ReleaseExitsFn(config)).with_outputs(DEAD, main="released")
         )
         transitions = (outputs.transitions, held.released) | "MergeTransitions" >> beam.Flatten()
         dead_letters = (outputs[DEAD], held[DEAD]) | "MergeDeadLetters" >> beam.Flatten()
         return TransitionsResult(transitions, dead_letters)
+
+
+class _MarkIncompleteFn(beam.DoFn):
+    """Read dead letters of unknown profiles -> "incomplete snapshot" guard messages."""
+
+    def process(self, letter, timestamp=beam.DoFn.TimestampParam):  # noqa: B008
+        yield from incomplete_marker(letter, timestamp.micros // 1000)
 
 
 def _identity(element: Any) -> Any:
