@@ -319,3 +319,33 @@ def test_without_an_incomplete_snapshot_the_ttl_exits_are_sent():
     expected += [("p1", ev(T3, {"a": ["exited", T3]})), ("p2", ev(T3, {"a": ["exited", T3]}))]
     expected += [("p3", ev(T4, {"b": ["exited", T4]}))]
     _run_with_letters(_two_profiles_unseen_after_t1(None), config(ttl="2d"), expected, dead=[])
+
+
+def test_a_damaged_record_of_a_known_profile_keeps_it_alive_in_streaming():
+    # p1's record at T2 was damaged but named p1: the read step turns it into a "keep"
+    # record. p1 is present at T2 (no TTL exit at T1 + 1 day); p2, really absent, exits.
+    from transforms.snapshots.profiles import keep_record
+
+    stream = (
+        test_stream.TestStream()
+        .add_elements(
+            arrive(("p1", rec(T1, {"a": ["realized", 1]})), ("p2", rec(T1, {"a": ["realized", 1]})))
+        )
+        .advance_watermark_to(watermark(T1 + HOUR))
+        .add_elements(arrive(("p1", keep_record(T2, "s=T2/part-0.json"))))
+        .advance_watermark_to(watermark(T2 + HOUR))
+        .add_elements(arrive(("p1", rec(T3, {"a": ["realized", 1]}))))
+        .advance_watermark_to(watermark(T3 + HOUR))
+        .advance_watermark_to(watermark(T4 + 2 * HOUR))
+        .advance_watermark_to_infinity()
+    )
+    run_stream(
+        stream,
+        config(ttl="1d"),
+        expected=[
+            ("p1", ev(T1, {"a": ["realized", 1]})),
+            ("p2", ev(T1, {"a": ["realized", 1]})),
+            ("p2", ev(T2, {"a": ["exited", T2]})),
+            ("p1", ev(T4, {"a": ["exited", T4]})),
+        ],
+    )

@@ -106,6 +106,51 @@ def test_poll_without_a_complete_folder_keeps_the_watermark(tmp_path):
     assert result.watermark is None
 
 
+def test_a_poll_checks_the_marker_of_new_folders_only(tmp_path, monkeypatch):
+    from apache_beam.io.filesystems import FileSystems
+
+    checked = []
+    real_exists = FileSystems.exists
+
+    def counting_exists(path):
+        checked.append(path.rsplit("/", 2)[-2])
+        return real_exists(path)
+
+    monkeypatch.setattr(FileSystems, "exists", staticmethod(counting_exists))
+    land(tmp_path, "2024-01-01")
+    land(tmp_path, "2024-01-02", marker=False)
+    lister = LandedSnapshotLister([str(tmp_path / "*" / "*")])
+    lister.list_complete()
+    assert sorted(checked) == ["snapshot=2024-01-01", "snapshot=2024-01-02"]
+    checked.clear()
+    lister.list_complete()
+    # The complete folder is known: only the one still waiting is checked again.
+    assert checked == ["snapshot=2024-01-02"]
+    (tmp_path / "snapshot=2024-01-02" / "_SUCCESS").write_text("")
+    checked.clear()
+    assert len(lister.list_complete()) == 4
+    checked.clear()
+    lister.list_complete()
+    assert checked == []
+
+
+def test_folders_far_behind_the_newest_snapshot_retire(tmp_path, caplog):
+    old = land(tmp_path, "2024-01-01", names=("part-0.jsonl",))
+    lister = LandedSnapshotLister([str(tmp_path / "*" / "*.jsonl")])
+    assert [f.path for f in lister.list_complete()] == old
+    # 31 days later: the old folder is beyond the lateness horizon (30 days).
+    new = land(tmp_path, "2024-02-01", names=("part-0.jsonl",))
+    assert [f.path for f in lister.list_complete()] == new
+    assert [f.path for f in lister.list_complete()] == new
+    # A file that appears in the retired folder is reported once, not read.
+    (tmp_path / "snapshot=2024-01-01" / "part-9.jsonl").write_text("")
+    with caplog.at_level(logging.WARNING, logger="transforms.snapshots.watch"):
+        assert [f.path for f in lister.list_complete()] == new
+        assert [f.path for f in lister.list_complete()] == new
+    warnings = [r.getMessage() for r in caplog.records if "not read" in r.getMessage()]
+    assert len(warnings) == 1 and "snapshot=2024-01-01: 1 file(s) appeared" in warnings[0]
+
+
 def _timed(path, timestamp=beam.DoFn.TimestampParam):
     return path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1], timestamp.micros // 1000
 

@@ -67,6 +67,7 @@ from transforms.beam_internals import (
 )
 from transforms.config import ActivationConfig
 from transforms.metrics import METRICS_NAMESPACE
+from transforms.segments.state import RETENTION_MS
 from transforms.snapshots.formats import SNAPSHOT_FORMATS, file_format
 from transforms.snapshots.read import (
     DEAD_LETTER_TAG,
@@ -88,6 +89,10 @@ MARKER = "_SUCCESS"
 # snapshot that lands after a newer one and is less than a second later than it counts
 # as late (exports are hours or days apart).
 WATERMARK_MARGIN_MS = 1002
+# How far behind the newest snapshot a folder is still watched (and the watch's dedup
+# state still remembers its files): as long as the transitions step keeps exited
+# memberships and gone profiles.
+MAX_LATENESS_MS = RETENTION_MS
 DEFAULT_WATCH_INTERVAL_SECONDS = 60.0
 # The DirectRunner's watch root sleeps at most this long per call, so that the runner's
 # monitor (timers, shutdown) is never blocked for a whole interval.
@@ -113,9 +118,22 @@ class LandedFile:
 class LandedSnapshotLister:
     """Lists the files of complete snapshot folders; the poll function of the watch.
 
-    Stateless across polls apart from which problems it already reported: every poll
-    returns every file of every folder that has a ``_SUCCESS`` marker, and the caller
-    (Beam's ``Watch`` or the DirectRunner root) keeps what it already emitted.
+    Every poll lists the ``--input`` patterns and returns every file of every folder
+    that has a ``_SUCCESS`` marker; the caller (Beam's ``Watch`` or the DirectRunner
+    root) emits the ones it has not emitted yet. What a poll costs beyond the listing
+    depends only on what is new:
+
+    * a folder's marker is checked until it is found, never again (one request per
+      *new* folder, not per folder per poll);
+    * a folder more than :data:`MAX_LATENESS_MS` older than the newest snapshot is
+      *retired*: its files are no longer returned (the watch's dedup state forgets
+      them at the same horizon, ``Watch(timestamp_cursor=True)``) and only its file
+      count is remembered. A file that appears in a retired folder is not read: it is
+      reported once, as a WARNING and in the ``watch_files_skipped`` counter;
+    * skipped-file reports are remembered per folder and forgotten with it.
+
+    The caches are an optimisation: after a restart they are rebuilt by the first
+    poll, and the watch's checkpointed dedup state keeps files from being read twice.
 
     Args:
         patterns: The ``--input`` glob patterns.
@@ -125,11 +143,19 @@ class LandedSnapshotLister:
     def __init__(self, patterns: Sequence[str], exclude: Iterable[str] = ()) -> None:
         self._patterns = tuple(patterns)
         self._exclude = frozenset(exclude)
-        self._reported: set[str] = set()
+        self._complete: dict[str, int | None] = {}  # folder -> its newest file's time
+        self._retired: dict[str, int] = {}  # folder -> files it had when retired
+        self._reported: dict[str, set[str]] = {}  # folder -> paths already reported
+        self._newest: int | None = None
         self._skipped = Metrics.counter(METRICS_NAMESPACE, "watch_files_skipped")
 
+    @property
+    def newest_ms(self) -> int | None:
+        """The newest snapshot time returned so far (``None``: none yet)."""
+        return self._newest
+
     def list_complete(self) -> list[LandedFile]:
-        """Every readable file of a folder with a marker, ordered by (time, path)."""
+        """The files of complete, not retired folders, ordered by (time, path)."""
         folders: dict[str, list[str]] = {}
         for pattern in self._patterns:
             try:
@@ -144,13 +170,27 @@ class LandedSnapshotLister:
                 folders.setdefault(folder, []).append(meta.path)
         landed = []
         for folder, paths in folders.items():
-            if not self._has_marker(folder):
+            if folder in self._retired:
+                self._check_retired(folder, paths)
                 continue
+            if folder not in self._complete:
+                if not self._has_marker(folder):
+                    continue
+                self._complete[folder] = None
             for path in paths:
-                snapshot_ms = self._snapshot_time(path)
+                snapshot_ms = self._snapshot_time(folder, path)
                 if snapshot_ms is not None:
                     landed.append(LandedFile(snapshot_ms, path))
-        return sorted(set(landed))
+                    newest = self._complete[folder]
+                    self._complete[folder] = (
+                        snapshot_ms if newest is None else max(newest, snapshot_ms)
+                    )
+        if landed:
+            newest = max(f.snapshot_ms for f in landed)
+            self._newest = newest if self._newest is None else max(self._newest, newest)
+        self._retire(folders)
+        horizon = self._horizon()
+        return sorted({f for f in landed if horizon is None or f.snapshot_ms >= horizon})
 
     def __call__(self, element: Any) -> PollResult[str]:
         """Beam ``Watch`` poll: new files at their snapshot time, watermark past the newest."""
@@ -159,9 +199,36 @@ class LandedSnapshotLister:
         result = PollResult.incomplete(
             [TimestampedValue(f.path, timestamp_of(f.snapshot_ms)) for f in landed]
         )
-        if not landed:
+        if self._newest is None:
             return result
-        return result.with_watermark(watermark_after(landed[-1].snapshot_ms))
+        return result.with_watermark(watermark_after(self._newest))
+
+    def _horizon(self) -> int | None:
+        return None if self._newest is None else self._newest - MAX_LATENESS_MS
+
+    def _retire(self, listed: dict[str, list[str]]) -> None:
+        horizon = self._horizon()
+        if horizon is None:
+            return
+        for folder, newest in list(self._complete.items()):
+            if newest is not None and newest < horizon:
+                del self._complete[folder]
+                self._reported.pop(folder, None)
+                self._retired[folder] = len(listed.get(folder, ()))
+
+    def _check_retired(self, folder: str, paths: list[str]) -> None:
+        known = self._retired[folder]
+        if len(paths) > known:
+            self._retired[folder] = len(paths)
+            self._skipped.inc(len(paths) - known)
+            _LOGGER.warning(
+                "%s: %d file(s) appeared in this snapshot folder after it fell more than "
+                "%d days behind the newest snapshot; not read (move them to a new "
+                "snapshot folder, or run a batch backfill for that day)",
+                folder,
+                len(paths) - known,
+                MAX_LATENESS_MS // 86_400_000,
+            )
 
     def _has_marker(self, folder: str) -> bool:
         marker = FileSystems.join(folder, MARKER)
@@ -171,9 +238,10 @@ class LandedSnapshotLister:
             _LOGGER.warning("cannot check %s (retried at the next poll): %s", marker, err)
             return False
 
-    def _snapshot_time(self, path: str) -> int | None:
+    def _snapshot_time(self, folder: str, path: str) -> int | None:
         if file_format(path) is None:
             self._report(
+                folder,
                 path,
                 "%s: skipped: unknown file format; expected .avro, .json, .jsonl "
                 "(optionally .gz) or .parquet",
@@ -182,19 +250,21 @@ class LandedSnapshotLister:
         try:
             snapshot_ms = snapshot_time_from_path(path)
         except SnapshotTimeError as err:
-            self._report(path, "%s: skipped: " + str(err).replace("%", "%%"))
+            self._report(folder, path, "%s: skipped: " + str(err).replace("%", "%%"))
             return None
         if snapshot_ms is None:
             self._report(
+                folder,
                 path,
                 "%s: skipped: no snapshot time in the path (a snapshot=<date> folder or a "
                 "dated file name is required in streaming mode)",
             )
         return snapshot_ms
 
-    def _report(self, path: str, message: str) -> None:
-        if path not in self._reported:
-            self._reported.add(path)
+    def _report(self, folder: str, path: str, message: str) -> None:
+        reported = self._reported.setdefault(folder, set())
+        if path not in reported:
+            reported.add(path)
             self._skipped.inc()
             _LOGGER.warning(message, path)
 
@@ -254,6 +324,9 @@ class WatchLandedFiles(beam.PTransform):
                 poll_interval=self.interval_seconds,
                 termination=termination,
                 output_coder=coders.StrUtf8Coder(),
+                # Dedup state bounded by event time, at the lister's retirement horizon.
+                timestamp_cursor=True,
+                allowed_lateness=MAX_LATENESS_MS / 1000,
             )
             | "SelectPath" >> beam.Map(_second).with_output_types(str)
         )
@@ -375,7 +448,9 @@ class _WatchProgress:
     """What the DirectRunner's watch root emitted so far (lives for one run)."""
 
     def __init__(self) -> None:
-        self.emitted: set[str] = set()
+        # path -> snapshot time; forgotten past the lister's retirement horizon (the
+        # lister no longer returns those files either).
+        self.emitted: dict[str, int] = {}
         self.watermark: Timestamp = MIN_TIMESTAMP
         self.started: float | None = None
         self.next_poll = 0.0
@@ -412,7 +487,7 @@ class _DirectWatchEvaluator(TransformEvaluator):
             for landed in transform.lister.list_complete():
                 if landed.path in progress.emitted:
                     continue
-                progress.emitted.add(landed.path)
+                progress.emitted[landed.path] = landed.snapshot_ms
                 stamp = timestamp_of(landed.snapshot_ms)
                 if stamp < before:
                     _LOGGER.warning(
@@ -425,6 +500,10 @@ class _DirectWatchEvaluator(TransformEvaluator):
                 progress.watermark = max(progress.watermark, watermark_after(landed.snapshot_ms))
             if bundle.has_elements():
                 bundles.append(bundle)
+            newest = transform.lister.newest_ms
+            if newest is not None:
+                horizon = newest - MAX_LATENESS_MS
+                progress.emitted = {p: t for p, t in progress.emitted.items() if t >= horizon}
             limit = transform.max_watch_seconds
             if limit is not None and time.monotonic() - progress.started > limit:
                 _LOGGER.info("watch stopped after %.1f s (--max_watch_seconds)", limit)
