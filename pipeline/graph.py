@@ -93,6 +93,7 @@ def build_pipeline(
         allow_mass_exit=settings.allow_mass_exit,
         carry_states=settings.state_output_prefix is not None,
         read_dead_letters=read["dead_letters"],
+        landed_snapshots=read.get("landed"),
         max_bad_records=settings.max_bad_records,
     )
     if settings.state_output_prefix:

@@ -349,3 +349,79 @@ def test_a_damaged_record_of_a_known_profile_keeps_it_alive_in_streaming():
             ("p1", ev(T4, {"a": ["exited", T4]})),
         ],
     )
+
+
+# ----------------------------------------------- a stop is not an absence (drain)
+
+
+def _run_with_landed(stream, cfg, expected):
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    pipeline = test_pipeline.TestPipeline(runner=OfflineDirectRunner(), options=options)
+    both = pipeline | stream | beam.Partition(lambda e, _n: 0 if isinstance(e, tuple) else 1, 2)
+    result = both[0] | ComputeSegmentTransitions(cfg, streaming=True, landed_snapshots=both[1])
+    assert_that(result.transitions, equal_to(expected), label="transitions")
+    pipeline.run().wait_until_finish()
+
+
+def _landed(snapshot_ms):
+    return TimestampedValue(snapshot_ms, snapshot_ms / 1000)
+
+
+def test_a_drain_sends_no_ttl_exit_that_no_snapshot_proved():
+    # p1 and p2 at T1; p2 again at T2; then the job stops (the watermark jumps to the
+    # end of time). p1's deadline T1 + 1 day = T2 was reached by a landed snapshot (T2):
+    # its exit is proven. p2's deadline T3 was passed by the drain only: no exit.
+    stream = (
+        test_stream.TestStream()
+        .add_elements(
+            arrive(("p1", rec(T1, {"a": ["realized", 1]})), ("p2", rec(T1, {"b": ["realized", 2]})))
+        )
+        .add_elements([_landed(T1)])
+        .advance_watermark_to(watermark(T1 + HOUR))
+        .add_elements(arrive(("p2", rec(T2, {"b": ["realized", 2]}))))
+        .add_elements([_landed(T2)])
+        .advance_watermark_to(watermark(T2 + HOUR))
+        .advance_watermark_to(watermark(T4))  # the drain: no snapshot after T2
+        .advance_watermark_to_infinity()
+    )
+    _run_with_landed(
+        stream,
+        config(ttl="1d"),
+        expected=[
+            ("p1", ev(T1, {"a": ["realized", 1]})),
+            ("p2", ev(T1, {"b": ["realized", 2]})),
+            ("p1", ev(T2, {"a": ["exited", T2]})),
+        ],
+    )
+
+
+def test_a_later_snapshot_proves_the_ttl_exit():
+    # The same, but a snapshot at T3 (p2's deadline) lands: p2 exits at T3.
+    stream = (
+        test_stream.TestStream()
+        .add_elements(
+            arrive(("p1", rec(T1, {"a": ["realized", 1]})), ("p2", rec(T1, {"b": ["realized", 2]})))
+        )
+        .add_elements([_landed(T1)])
+        .advance_watermark_to(watermark(T1 + HOUR))
+        .add_elements(arrive(("p2", rec(T2, {"b": ["realized", 2]}))))
+        .add_elements([_landed(T2)])
+        .advance_watermark_to(watermark(T2 + HOUR))
+        .add_elements(arrive(("p3", rec(T3, {"a": ["realized", 3]}))))
+        .add_elements([_landed(T3)])
+        .advance_watermark_to(watermark(T3 + HOUR))
+        .advance_watermark_to(watermark(T3 + 2 * HOUR))
+        .advance_watermark_to_infinity()
+    )
+    _run_with_landed(
+        stream,
+        config(ttl="1d"),
+        expected=[
+            ("p1", ev(T1, {"a": ["realized", 1]})),
+            ("p2", ev(T1, {"b": ["realized", 2]})),
+            ("p1", ev(T2, {"a": ["exited", T2]})),
+            ("p3", ev(T3, {"a": ["realized", 3]})),
+            ("p2", ev(T3, {"b": ["exited", T3]})),
+        ],
+    )

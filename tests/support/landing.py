@@ -15,7 +15,9 @@ Timeline (``absent_profile_ttl`` = 36 h; a, b, c are profiles, s1, s2 mapped seg
     03-03            a: s1  b: s2 exited     -> b -s2          (c unseen: not yet 36 h)
     03-04            a: s1 s2   b: (none)    -> a +s2; c -s1 at 03-03T12:00 (03-02 + 36 h)
     watch stops      (drain: the watermark goes to the end of time)
-                                             -> a -s1 -s2 at 03-05T12:00 (03-04 + 36 h)
+                                             -> nothing: a's TTL would run out at
+                                                03-05T12:00, but no snapshot at or after
+                                                it landed; a stop is not an absence
 """
 
 from __future__ import annotations
@@ -84,9 +86,9 @@ EXPECTED_AFTER = {
         "a": [{S2: ("realized", "2024-03-04T00:00:00Z")}],
         "c": [{S1: ("exited", "2024-03-03T12:00:00Z")}],
     },
-    "end": {
-        "a": [{S1: ("exited", "2024-03-05T12:00:00Z"), S2: ("exited", "2024-03-05T12:00:00Z")}]
-    },
+    # The watch stops: a's TTL deadline (03-04 + 36 h) is passed by the watermark, not
+    # proven by a snapshot, so no exit is sent.
+    "end": {},
 }
 
 

@@ -51,6 +51,11 @@ from transforms.segments.state import RETENTION_MS
 
 _LOGGER = logging.getLogger(__name__)
 
+# In the guard's table of incomplete snapshots: the newest landed snapshot; and the
+# time before any.
+_NEWEST = -(2**62) + 1
+_NEVER = -(2**63)
+
 # Verdicts.
 SEND = "send"
 MASS_EXIT_HELD = "mass_exit_held"
@@ -115,10 +120,14 @@ class MassExitGuardFn(beam.DoFn):
     COUNTS = userstate.ReadModifyWriteStateSpec("counts", coders.BytesCoder())
     DECIDE = userstate.TimerSpec("decide", TimeDomain.WATERMARK)
 
-    def __init__(self, config: ActivationConfig, allow_mass_exit: bool) -> None:
+    def __init__(
+        self, config: ActivationConfig, allow_mass_exit: bool, proven_by_landing: bool = False
+    ) -> None:
         self._ttl_ms = config.absent_profile_ttl_seconds * 1000
         self._max_fraction = config.max_exit_fraction
         self._allow = allow_mass_exit
+        self._proven_by_landing = proven_by_landing
+        self._not_proven = Metrics.counter(METRICS_NAMESPACE, "ttl_exits_not_proven_at_stop")
         self._held = Metrics.counter(METRICS_NAMESPACE, "mass_exit_held")
         self._unproven = Metrics.counter(METRICS_NAMESPACE, "ttl_exits_unproven")
 
@@ -133,6 +142,9 @@ class MassExitGuardFn(beam.DoFn):
         kind = message[0]
         if kind == "incomplete":
             incomplete[message[1]] = incomplete.get(message[1], 0) + 1
+        elif kind == "landed":
+            # The newest landed snapshot, under a key no snapshot time can take.
+            incomplete[_NEWEST] = max(incomplete.get(_NEWEST, message[1]), message[1])
         else:
             entry = snapshots.setdefault(message[1], [0, {}, {}, None])
             if kind == "live":
@@ -160,6 +172,11 @@ class MassExitGuardFn(beam.DoFn):
                 continue
             if self._deadline(last_seen) > now_ms or exits == decided:
                 continue
+            if self._proven_by_landing and incomplete.get(_NEWEST, _NEVER) < expiry_ms:
+                # The watermark passed T + TTL without any snapshot at or after it: the
+                # job is stopping (drain, --max_watch_seconds). Absence is not proven.
+                self._stop_unproven(last_seen, exits, decided)
+                continue
             total = sum(exits.values())
             unproven = any(last_seen < u <= expiry_ms for u in incomplete)
             verdict, massive = decide(
@@ -173,9 +190,24 @@ class MassExitGuardFn(beam.DoFn):
                     yield (last_seen, shard), ("verdict", verdict, count)
             snapshots[last_seen] = [live, exits, decided, verdict]
         horizon = now_ms - self._ttl_ms - RETENTION_MS
-        incomplete = {u: n for u, n in incomplete.items() if u >= horizon}
+        incomplete = {u: n for u, n in incomplete.items() if u >= horizon or u == _NEWEST}
         self._write(counts, snapshots, incomplete)
         self._arm(decide_timer, snapshots)
+
+    def _stop_unproven(self, last_seen: int, exits: dict, decided: dict) -> None:
+        pending = sum(exits.values()) - sum(decided.values())
+        # Counted as decided so that they are reported once; no verdict is sent, so
+        # the exits stay unsent.
+        decided.update(exits)
+        self._not_proven.inc(pending)
+        _LOGGER.warning(
+            "%d TTL exits of profiles last seen at snapshot %s are not sent: the watermark "
+            "passed their deadline %s without a snapshot at or after it (the job is "
+            "stopping: drained, or --max_watch_seconds ran out); a stop is not an absence",
+            pending,
+            format_timestamp(last_seen),
+            format_timestamp(last_seen + self._ttl_ms),
+        )
 
     def _deadline(self, last_seen: int) -> int:
         # TTL exits of profiles last seen at T are stamped T + TTL + 1 ms.

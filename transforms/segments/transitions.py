@@ -66,6 +66,7 @@ from transforms.segments.hold import MassExitGuardFn, ReleaseExitsFn, incomplete
 from transforms.segments.replay import (
     DEAD,
     GUARD,
+    GUARD_KEY,
     STATES,
     TTL,
     BatchTransitionsFn,
@@ -119,6 +120,11 @@ class ComputeSegmentTransitions(beam.PTransform):
             ``absent_profile_ttl``): TTL exits of profiles last seen at T are withheld
             when a snapshot in (T, T + TTL] is incomplete.
         max_bad_records: Batch only; see ``read_dead_letters``.
+        landed_snapshots: Streaming: the snapshot time (epoch ms) of every landed file.
+            A TTL exit at T + TTL is sent only once a snapshot at or after T + TTL has
+            landed, so a stop or a drain (the watermark jumps to the end of time)
+            sends no exit that no snapshot proved. ``None``: the watermark alone proves
+            it (for inputs whose watermark only advances as snapshots land).
 
     Returns (from ``expand``):
         A :class:`TransitionsResult` with ``transitions`` and ``dead_letters``.
@@ -134,11 +140,13 @@ class ComputeSegmentTransitions(beam.PTransform):
         *,
         read_dead_letters: beam.PCollection | None = None,
         max_bad_records: int = 0,
+        landed_snapshots: beam.PCollection | None = None,
     ) -> None:
         super().__init__(label)
         if streaming and carry_states:
             raise ValueError("carried states only apply to batch runs")
         self._read_dead_letters = read_dead_letters
+        self._landed_snapshots = landed_snapshots
         self._max_bad_records = max_bad_records
         self._config = config
         self._streaming = streaming
@@ -214,6 +222,12 @@ class ComputeSegmentTransitions(beam.PTransform):
         # The mass-exit guard (one key, small counts) and the exits it releases (keyed
         # by last-seen snapshot and shard): see transforms.segments.hold.
         guard_inputs = [outputs[GUARD]]
+        if self._landed_snapshots is not None:
+            guard_inputs.append(
+                self._landed_snapshots
+                | "MarkLandedSnapshots"
+                >> beam.Map(_landed_message).with_output_types(tuple[str, Any])
+            )
         if self._read_dead_letters is not None:
             guard_inputs.append(
                 self._read_dead_letters
@@ -224,7 +238,14 @@ class ComputeSegmentTransitions(beam.PTransform):
             guard_inputs
             | "MergeGuardCounts" >> beam.Flatten()
             | "GuardKeyType" >> beam.Map(_identity).with_output_types(tuple[str, Any])
-            | "MassExitGuard" >> beam.ParDo(MassExitGuardFn(config, self._allow_mass_exit))
+            | "MassExitGuard"
+            >> beam.ParDo(
+                MassExitGuardFn(
+                    config,
+                    self._allow_mass_exit,
+                    proven_by_landing=self._landed_snapshots is not None,
+                )
+            )
         )
         held = (
             (outputs[TTL], verdicts)
@@ -236,6 +257,10 @@ class ComputeSegmentTransitions(beam.PTransform):
         transitions = (outputs.transitions, held.released) | "MergeTransitions" >> beam.Flatten()
         dead_letters = (outputs[DEAD], held[DEAD]) | "MergeDeadLetters" >> beam.Flatten()
         return TransitionsResult(transitions, dead_letters)
+
+
+def _landed_message(snapshot_ms: int) -> tuple[str, tuple]:
+    return GUARD_KEY, ("landed", snapshot_ms)
 
 
 class _MarkIncompleteFn(beam.DoFn):

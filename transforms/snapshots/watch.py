@@ -341,7 +341,8 @@ class WatchSnapshots(beam.PTransform):
 
     The result is a dict like :class:`transforms.snapshots.read.ReadSnapshots`'s: ``"records"``,
     ``(profile key, record)`` pairs stamped with their snapshot time, and
-    ``"dead_letters"``. Files are read and parsed by the same DoFns as in batch.
+    ``"dead_letters"``; plus ``"landed"``, the snapshot time (epoch ms) of every landed
+    file, for ``ComputeSegmentTransitions(landed_snapshots=...)``. Files are read and parsed by the same DoFns as in batch.
 
     Args:
         inputs: ``--input`` glob patterns (may match nothing yet).
@@ -404,7 +405,17 @@ class WatchSnapshots(beam.PTransform):
             | "FlattenWatchedRecords" >> beam.Flatten()
             | "StampSnapshotTime" >> beam.Map(_stamp),
             "dead_letters": dead_letters | "FlattenWatchDeadLetters" >> beam.Flatten(),
+            # The time of every landed snapshot file: what proves an absence in streaming.
+            "landed": paths | "LandedSnapshotTimes" >> beam.ParDo(_LandedTimeFn()),
         }
+
+
+class _LandedTimeFn(beam.DoFn):
+    """A landed path -> its snapshot time (epoch ms), the element's timestamp."""
+
+    def process(self, path: str, timestamp=beam.DoFn.TimestampParam):  # noqa: B008
+        del path
+        yield timestamp.micros // 1000
 
 
 def _count_landed(path: str) -> str:
