@@ -175,3 +175,49 @@ class FlinkForwardedOptions(PipelineOptions):
             default=None,
             help="Flink: checkpointing mode. Default: Flink's (EXACTLY_ONCE).",
         )
+        parser.add_argument(
+            "--state_backend",
+            choices=("rocksdb", "filesystem", "hashmap"),
+            default=None,
+            help="Flink: the state backend of the job (with --state_backend_storage_path). "
+            "Default: the cluster's.",
+        )
+        parser.add_argument(
+            "--state_backend_storage_path",
+            default=None,
+            help="Flink: where checkpoints go (file:///..., s3://...). Default: the "
+            "cluster's state.checkpoints.dir.",
+        )
+        parser.add_argument(
+            "--number_of_execution_retries",
+            type=int,
+            default=None,
+            help="Flink: restarts after a failure (a fixed-delay restart strategy). "
+            "Default: the cluster's restart strategy.",
+        )
+        parser.add_argument(
+            "--execution_retry_delay",
+            type=int,
+            default=None,
+            help="Flink: milliseconds between two restarts. Default: the cluster's.",
+        )
+        parser.add_argument(
+            "--savepoint_path",
+            default=None,
+            help="Flink: start the job from this savepoint or retained checkpoint (same "
+            "config, same step names). Default: none.",
+        )
+        parser.add_argument(
+            "--shutdown_sources_after_idle_ms",
+            type=int,
+            default=None,
+            help="Flink: stop idle sources after this long; with checkpointing they stay up "
+            "(Flink needs running sources to checkpoint). Default: Beam's.",
+        )
+        parser.add_argument(
+            "--retain_externalized_checkpoints_on_cancellation",
+            action="store_true",
+            default=None,
+            help="Flink: keep the last checkpoint when the job is cancelled, to restart "
+            "from it with --savepoint_path. Default: off.",
+        )

@@ -46,6 +46,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "a Python worker pool)",
     )
     config.addinivalue_line("markers", "prism: runs on Prism, Beam's portable runner (Go)")
+    config.addinivalue_line(
+        "markers", "recovery: fault tests on the Flink cluster (retries, failover)"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -52,16 +52,23 @@ def test_lister_takes_a_folder_only_once_its_marker_exists(tmp_path):
     ]
 
 
-def test_lister_excludes_baseline_files_and_reads_every_pattern(tmp_path):
+def test_lister_returns_baseline_files_once_each_and_reads_every_pattern(tmp_path):
     first = land(tmp_path / "a", "2024-01-01")
     second = land(tmp_path / "b", "2024-01-02")
+    baseline = land(tmp_path / "base", "2023-12-31", names=("part-0.jsonl",), marker=False)
+    # An input pattern that also matches the baseline file: it is returned as the
+    # baseline (no marker needed), not twice.
     lister = LandedSnapshotLister(
-        [str(tmp_path / "a" / "*" / "*.jsonl"), str(tmp_path / "b" / "*" / "*.jsonl")],
-        exclude=[first[0]],
+        [
+            str(tmp_path / "a" / "*" / "*.jsonl"),
+            str(tmp_path / "b" / "*" / "*.jsonl"),
+            str(tmp_path / "base" / "*" / "*.jsonl"),
+        ],
+        baseline=[(baseline[0], T1 - DAY)],
     )
-    assert lister.list_complete() == [LandedFile(T1, first[1])] + [
-        LandedFile(T2, p) for p in second
-    ]
+    assert lister.list_complete() == [LandedFile(T1 - DAY, baseline[0])] + [
+        LandedFile(T1, p) for p in first
+    ] + [LandedFile(T2, p) for p in second]
 
 
 def test_lister_skips_unknown_and_undated_files_with_one_warning_each(tmp_path, caplog):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,11 +194,15 @@ def read_file_dofn(fmt: str | None = None) -> beam.DoFn:
 
 
 def parse_records_dofn(
-    fmt: str | None, config: ActivationConfig, snapshot_time_field: str | None = None
+    fmt: str | None,
+    config: ActivationConfig,
+    snapshot_time_field: str | None = None,
+    baseline_paths: Iterable[str] = (),
 ) -> beam.DoFn:
     """The DoFn parsing raw records into ``(profile key, record)``, with a
-    ``DEAD_LETTER_TAG`` output. Shared with the watch of a landing folder."""
-    return _ParseRecordFn(fmt, False, config, snapshot_time_field)
+    ``DEAD_LETTER_TAG`` output. Shared with the watch of a landing folder, which reads
+    the ``--baseline`` files (``baseline_paths``) among the landed ones."""
+    return _ParseRecordFn(fmt, False, config, snapshot_time_field, frozenset(baseline_paths))
 
 
 def _match(pattern: str) -> list[str]:
@@ -305,9 +309,11 @@ class _ParseRecordFn(beam.DoFn):
         baseline: bool,
         config: ActivationConfig,
         snapshot_time_field: str | None,
+        baseline_paths: frozenset[str] = frozenset(),
     ) -> None:
         self._format = fmt
         self._baseline = baseline
+        self._baseline_paths = baseline_paths
         self._config = config
         self._field = snapshot_time_field
         self._records = Metrics.counter(METRICS_NAMESPACE, "records_read")
@@ -320,7 +326,8 @@ class _ParseRecordFn(beam.DoFn):
         if self._format is None:
             path, fmt, baseline = source
         else:
-            path, fmt, baseline = source, self._format, self._baseline
+            path, fmt = source, self._format
+            baseline = self._baseline or path in self._baseline_paths
         if fmt == CARRIED_STATE_FORMAT:
             yield carried_state_record(raw)
             return

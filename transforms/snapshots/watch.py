@@ -71,12 +71,15 @@ from transforms.segments.state import RETENTION_MS
 from transforms.snapshots.formats import SNAPSHOT_FORMATS, file_format
 from transforms.snapshots.read import (
     DEAD_LETTER_TAG,
-    ReadSnapshots,
     match_snapshot_files,
     parse_records_dofn,
     read_file_dofn,
 )
-from transforms.snapshots.snapshot_time import SnapshotTimeError, snapshot_time_from_path
+from transforms.snapshots.snapshot_time import (
+    SnapshotTimeError,
+    require_snapshot_time,
+    snapshot_time_from_path,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -137,12 +140,14 @@ class LandedSnapshotLister:
 
     Args:
         patterns: The ``--input`` glob patterns.
-        exclude: Paths never to return (the ``--baseline`` files, read once at start).
+        baseline: ``(path, snapshot ms)`` of the ``--baseline`` files: returned by every
+            poll (no marker needed; the watch emits them once), never as inputs.
     """
 
-    def __init__(self, patterns: Sequence[str], exclude: Iterable[str] = ()) -> None:
+    def __init__(self, patterns: Sequence[str], baseline: Iterable[tuple[str, int]] = ()) -> None:
         self._patterns = tuple(patterns)
-        self._exclude = frozenset(exclude)
+        self._baseline = tuple(LandedFile(ms, path) for path, ms in baseline)
+        self._exclude = frozenset(path for path, _ in baseline)
         self._complete: dict[str, int | None] = {}  # folder -> its newest file's time
         self._retired: dict[str, int] = {}  # folder -> files it had when retired
         self._reported: dict[str, set[str]] = {}  # folder -> paths already reported
@@ -168,7 +173,9 @@ class LandedSnapshotLister:
                 if name.startswith(_IGNORED_PREFIXES) or meta.path in self._exclude:
                     continue
                 folders.setdefault(folder, []).append(meta.path)
-        landed = []
+        # The baseline first: it is complete by definition, and its records must reach the
+        # transitions step under the same watermark as the snapshots after it.
+        landed = list(self._baseline)
         for folder, paths in folders.items():
             if folder in self._retired:
                 self._check_retired(folder, paths)
@@ -291,7 +298,7 @@ class WatchLandedFiles(beam.PTransform):
         patterns: The ``--input`` glob patterns.
         interval_seconds: Seconds between two polls.
         max_watch_seconds: Stop polling after this long (``None``: never).
-        exclude: Paths never to emit (baseline files).
+        baseline: ``(path, snapshot ms)`` of the baseline files, emitted first.
     """
 
     def __init__(
@@ -299,7 +306,7 @@ class WatchLandedFiles(beam.PTransform):
         patterns: Sequence[str],
         interval_seconds: float = DEFAULT_WATCH_INTERVAL_SECONDS,
         max_watch_seconds: float | None = None,
-        exclude: Iterable[str] = (),
+        baseline: Iterable[tuple[str, int]] = (),
         label: str | None = None,
     ) -> None:
         super().__init__(label)
@@ -307,7 +314,7 @@ class WatchLandedFiles(beam.PTransform):
             raise ValueError("the watch interval must be a positive number of seconds")
         if max_watch_seconds is not None and max_watch_seconds <= 0:
             raise ValueError("max_watch_seconds must be a positive number of seconds")
-        self.lister = LandedSnapshotLister(patterns, exclude)
+        self.lister = LandedSnapshotLister(patterns, baseline)
         self.interval_seconds = float(interval_seconds)
         self.max_watch_seconds = max_watch_seconds
 
@@ -370,12 +377,20 @@ class WatchSnapshots(beam.PTransform):
         self._max_watch = max_watch_seconds
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
+        # The baseline is read through the watch, not as a separate bounded read: its
+        # records then carry their snapshot time from the watch on, and the watch's
+        # watermark holds them like any landed snapshot. (A bounded branch re-stamped
+        # its records into the past after its own watermark had gone to the end of
+        # time; on Flink with checkpointing they reached the transitions step after
+        # the first snapshot had been applied, and seeded nothing.)
         baseline_files = match_snapshot_files(self._baseline, True, None) if self._baseline else []
+        baseline = [(f.path, require_snapshot_time(f.path)) for f in baseline_files]
+        baseline_paths = [path for path, _ in baseline]
         paths = pbegin | "WatchLandedFiles" >> WatchLandedFiles(
             self._inputs,
             self._interval,
             self._max_watch,
-            exclude=[f.path for f in baseline_files],
+            baseline=baseline,
         )
         by_format = (
             paths
@@ -390,16 +405,12 @@ class WatchSnapshots(beam.PTransform):
                 by_format[index]
                 | f"ReadLanded{name}" >> beam.ParDo(read_file_dofn(fmt))
                 | f"ParseLanded{name}Records"
-                >> beam.ParDo(parse_records_dofn(fmt, self._config)).with_outputs(
-                    DEAD_LETTER_TAG, main="records"
-                )
+                >> beam.ParDo(
+                    parse_records_dofn(fmt, self._config, baseline_paths=baseline_paths)
+                ).with_outputs(DEAD_LETTER_TAG, main="records")
             )
             records.append(parsed.records)
             dead_letters.append(parsed[DEAD_LETTER_TAG])
-        if self._baseline:
-            seed = pbegin | "ReadBaseline" >> ReadSnapshots((), self._config, self._baseline)
-            records.append(seed["records"])
-            dead_letters.append(seed["dead_letters"])
         return {
             "records": records
             | "FlattenWatchedRecords" >> beam.Flatten()
@@ -430,7 +441,7 @@ def _format_index(path: str, partitions: int) -> int:
 
 
 def _stamp(element: tuple[str, dict]) -> TimestampedValue:
-    # Watched records already carry their file's time; baseline records get theirs here.
+    # Records already carry their file's time (from the watch); this keeps it explicit.
     return TimestampedValue(element, timestamp_of(element[1]["snapshot_ms"]))
 
 
