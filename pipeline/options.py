@@ -192,8 +192,9 @@ class FlinkForwardedOptions(PipelineOptions):
             "--number_of_execution_retries",
             type=int,
             default=None,
-            help="Flink: restarts after a failure (a fixed-delay restart strategy). "
-            "Default: the cluster's restart strategy.",
+            help="Flink: restarts after a failure (a fixed-delay restart strategy). Beam "
+            "2.50's job server applies it to streaming jobs only; batch jobs follow the "
+            "cluster's restart-strategy. Default: the cluster's restart strategy.",
         )
         parser.add_argument(
             "--execution_retry_delay",

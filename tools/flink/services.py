@@ -369,6 +369,14 @@ def start_cluster(
             # second job of a TaskManager (IllegalAccessError, then "No client connected
             # within timeout").
             "classloader.resolve-order": "parent-first",
+            # A production-like restart strategy: a failed task (a lost TaskManager, a
+            # bundle that fails) restarts its region, three times at most. Beam 2.50's
+            # job server applies --number_of_execution_retries to streaming jobs only.
+            # Spread a job's slots over the TaskManagers, as a real cluster does.
+            "cluster.evenly-spread-out-slots": "true",
+            "restart-strategy": "fixed-delay",
+            "restart-strategy.fixed-delay.attempts": "3",
+            "restart-strategy.fixed-delay.delay": "1 s",
             **(extra_conf or {}),
         }
         folder = _write_conf(state_dir / "jobmanager", conf)
@@ -441,3 +449,73 @@ def wait_for_job_state(rest_port: int, states: set[str], timeout: float) -> list
         if time.monotonic() > deadline:
             raise ProcessError(f"no Flink job reached {sorted(states)} in {timeout:.0f}s: {jobs}")
         time.sleep(0.2)  # poll interval
+
+
+# ------------------------------------------------------------------ REST (jobs)
+
+
+def _rest(rest_port: int, path: str, method: str = "GET", body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{rest_port}{path}",
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read()
+    return json.loads(text) if text else {}
+
+
+def running_job(rest_port: int, timeout: float) -> str:
+    """The id of the (one) RUNNING job, waiting up to ``timeout`` seconds for it."""
+    jobs = wait_for_job_state(rest_port, {"RUNNING"}, timeout)
+    return next(job["id"] for job in jobs if job["status"] == "RUNNING")
+
+
+def job_status(rest_port: int, job_id: str) -> str:
+    return _rest(rest_port, f"/jobs/{job_id}")["state"]
+
+
+def cancel_job(rest_port: int, job_id: str) -> None:
+    """Cancels a job (no final watermark: nothing is drained)."""
+    _rest(rest_port, f"/jobs/{job_id}?mode=cancel", method="PATCH")
+
+
+def stop_with_savepoint(rest_port: int, job_id: str, target: str, timeout: float) -> str:
+    """Stops a job with a savepoint, without draining; returns the savepoint's path."""
+    trigger = _rest(
+        rest_port, f"/jobs/{job_id}/stop", "POST", {"targetDirectory": target, "drain": False}
+    )["request-id"]
+    deadline = time.monotonic() + timeout
+    while True:
+        status = _rest(rest_port, f"/jobs/{job_id}/savepoints/{trigger}")
+        if status["status"]["id"] == "COMPLETED":
+            operation = status["operation"]
+            if "failure-cause" in operation:
+                raise ProcessError(f"the savepoint failed: {operation['failure-cause']}")
+            return operation["location"]
+        if time.monotonic() > deadline:
+            raise ProcessError(f"no savepoint in {timeout:.0f}s: {status}")
+        time.sleep(0.2)  # poll interval
+
+
+def taskmanagers_of(rest_port: int, job_id: str) -> set[str]:
+    """The resource ids (``tm-<index>``) of the TaskManagers running the job's tasks."""
+    found = set()
+    for vertex in _rest(rest_port, f"/jobs/{job_id}")["vertices"]:
+        hosts = _rest(rest_port, f"/jobs/{job_id}/vertices/{vertex['id']}/taskmanagers")
+        found.update(tm["taskmanager-id"] for tm in hosts["taskmanagers"])
+    return found
+
+
+def latest_checkpoint(rest_port: int, job_id: str) -> dict:
+    """The latest completed checkpoint of a job (``id``, ``state_size``...), or ``{}``."""
+    stats = _rest(rest_port, f"/jobs/{job_id}/checkpoints")
+    return (stats.get("latest") or {}).get("completed") or {}
+
+
+def job_restarts(rest_port: int, job_id: str) -> int:
+    """How many times the job restarted (failovers)."""
+    metrics = _rest(rest_port, f"/jobs/{job_id}/metrics?get=numRestarts")
+    return int(float(metrics[0]["value"])) if metrics else 0
