@@ -107,7 +107,7 @@ def test_a_bundle_failing_after_a_partial_send_is_retried_without_loss_or_disord
                 "--kinesis_endpoint_url",
                 fault_proxy.endpoint_url,
                 "--skip_stream_check",
-                # A batch job restarts by the cluster's restart strategy (fixed-delay, 10
+                # A batch job restarts by the cluster's restart strategy (fixed-delay, 3
                 # attempts, set by tools/flink): Beam 2.50 applies the retry flags to
                 # streaming jobs only.
                 *flink_cluster.pipeline_args(parallelism=2),

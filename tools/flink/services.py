@@ -370,17 +370,11 @@ def start_cluster(
             # within timeout").
             "classloader.resolve-order": "parent-first",
             # A production-like restart strategy: a failed task (a lost TaskManager, a
-            # bundle that fails) restarts its region, ten times at most. Beam 2.50's
+            # bundle that fails) restarts its region, three times at most. Beam 2.50's
             # job server applies --number_of_execution_retries to streaming jobs only.
-            # Spread a job's slots over the TaskManagers, as a real cluster does.
-            "cluster.evenly-spread-out-slots": "true",
             "restart-strategy": "fixed-delay",
-            "restart-strategy.fixed-delay.attempts": "10",
-            "restart-strategy.fixed-delay.delay": "2 s",
-            # A TaskManager that dies is noticed in seconds, not Flink's default 50 s (a
-            # restart before that deploys to the dead one's slots and fails again).
-            "heartbeat.interval": "1000",
-            "heartbeat.timeout": "8000",
+            "restart-strategy.fixed-delay.attempts": "3",
+            "restart-strategy.fixed-delay.delay": "1 s",
             **(extra_conf or {}),
         }
         folder = _write_conf(state_dir / "jobmanager", conf)
