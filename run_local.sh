@@ -5,12 +5,14 @@
 # digest and the run summary, and stops every server it started (by PID).
 #
 # Usage: ./run_local.sh [--profiles N] [--snapshots N] [--format avro|jsonl]
-#                       [--flink | --flink-cluster | --prism]
+#                       [--flink | --flink-cluster | --prism] [--report]
 #   default          the local DirectRunner (in-process)
 #   --flink          a Flink job server with an embedded Flink, parallelism 2
 #   --flink-cluster  a standalone Flink cluster (1 JobManager, 2 TaskManagers, a Python
 #                    worker pool) behind a job server, parallelism 2
 #   --prism          Prism, Beam's portable local runner, built with go install
+#   --report         also write demo/report.json and demo/report.html (one offline page:
+#                    entries, exits and members per snapshot and segment)
 # Every engine prints the same events (compare the digest line).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/.ci/bootstrap.sh"
@@ -19,6 +21,7 @@ PROFILES=200
 SNAPSHOTS=3
 FORMAT=avro
 ENGINE=direct
+REPORT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --profiles) PROFILES="$2"; shift 2 ;;
@@ -27,7 +30,8 @@ while [ $# -gt 0 ]; do
     --flink) ENGINE=flink; shift ;;
     --flink-cluster) ENGINE=flink-cluster; shift ;;
     --prism) ENGINE=prism; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --report) REPORT=1; shift ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -82,7 +86,8 @@ echo "==> running the pipeline ($ENGINE) into stream $STREAM"
   --config "$DEMO/snapshots/activation.json" \
   --input "$DEMO/snapshots/snapshot=*/part-*.$FORMAT" \
   --kinesis_stream "$STREAM" --kinesis_region us-east-1 --kinesis_endpoint_url "$ENDPOINT" \
-  --output_path "$DEMO/out/events" --dead_letter_path "$DEMO/out/dead-letters"
+  --output_path "$DEMO/out/events" --dead_letter_path "$DEMO/out/dead-letters" \
+  ${REPORT:+--report "$DEMO/report"}
 
 echo "==> events read back from every shard of $STREAM"
 "$PY" -m tools.kinesalite read --endpoint "$ENDPOINT" --stream "$STREAM" \

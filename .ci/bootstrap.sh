@@ -42,3 +42,19 @@ bootstrap_engines() {
   echo "==> fetching the Flink job server's jars and building Prism into $ROOT/.cache (if needed)"
   (cd "$ROOT" && "$PY" -m tools.flink fetch >/dev/null && "$PY" -m tools.prism >/dev/null)
 }
+
+bootstrap_chromium() {
+  # Headless Chromium renders the --report page in a test (a Debian package).
+  if command -v chromium >/dev/null 2>&1; then
+    return
+  fi
+  echo "==> installing chromium (Debian package) for the report page test"
+  local sudo=""
+  if [ "$(id -u)" != "0" ]; then
+    sudo="sudo"
+  fi
+  $sudo apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 || {
+    $sudo apt-get update >/dev/null 2>&1
+    $sudo apt-get install -y --no-install-recommends chromium >/dev/null
+  }
+}

@@ -23,6 +23,11 @@ logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 for _handler in logging.getLogger().handlers:
     _handler.addFilter(_DropKnownBeamNoise())
 
+if sys.argv[1:2] == ["replay"]:  # python -m pipeline replay ...: see pipeline/replay.py
+    from pipeline.replay import main as replay_main  # noqa: E402
+
+    sys.exit(replay_main(sys.argv[2:]))
+
 from pipeline.main import main  # noqa: E402 - after the logging set-up, on purpose
 
 sys.exit(main())

@@ -15,6 +15,7 @@ from transforms.config import ActivationConfig
 from transforms.events.format import FormatSegmentEvents
 from transforms.files import WriteFilePerBundle
 from transforms.kinesis.sink import WriteToKinesisStream
+from transforms.report.facts import SumReportFacts, dead_letter_facts
 from transforms.segments.carried_state import WriteCarriedStates
 from transforms.segments.transitions import ComputeSegmentTransitions
 from transforms.snapshots.read import ReadSnapshots, SnapshotFile
@@ -46,12 +47,22 @@ class JobSettings:
     watch_interval: float | None = None
     max_watch_seconds: float | None = None
     snapshots_per_run: int | None = None
+    # --report PATH; the run writes its summed facts under report_facts_prefix (set per
+    # run by pipeline.main), and the driver turns them into PATH.json and PATH.html.
+    report_path: str | None = None
+    report_facts_prefix: str | None = None
     # One run of a split backfill (set by pipeline.backfill, not by flags): its matched
     # files, the states carried in from the previous run and where to write the states
     # for the next run.
     files: tuple[SnapshotFile, ...] | None = None
     seed_state_pattern: str | None = None
     state_output_prefix: str | None = None
+
+    @property
+    def dry_run(self) -> bool:
+        """A batch run with neither a stream nor an event file: it only writes a report."""
+        return not self.streaming and not self.kinesis_stream and not self.output_path
+
     # Tests inject a client factory for the sink; never set from the command line.
     kinesis_client_factory: Callable[[], Any] | None = field(default=None, compare=False)
 
@@ -95,12 +106,22 @@ def build_pipeline(
         read_dead_letters=read["dead_letters"],
         landed_snapshots=read.get("landed"),
         max_bad_records=settings.max_bad_records,
+        report=settings.report_facts_prefix is not None,
+        dry_run=settings.dry_run,
     )
     if settings.state_output_prefix:
         _ = transitions.states | "WriteCarriedStates" >> WriteCarriedStates(
             settings.state_output_prefix
         )
-    events = transitions.transitions | "FormatEvents" >> FormatSegmentEvents(config)
+    facts = []
+    if settings.report_facts_prefix:
+        events, format_facts = transitions.transitions | "FormatEvents" >> FormatSegmentEvents(
+            config, report_facts=True
+        )
+        facts = [transitions.report_facts, format_facts]
+        facts.append(read["records"] | "CountSnapshotRecords" >> beam.FlatMap(_record_fact))
+    else:
+        events = transitions.transitions | "FormatEvents" >> FormatSegmentEvents(config)
     dead_letters = [read["dead_letters"], transitions.dead_letters]
     if settings.output_path:
         _ = (
@@ -132,6 +153,13 @@ def build_pipeline(
             )
         )
     all_dead_letters = dead_letters | "FlattenDeadLetters" >> beam.Flatten()
+    if settings.report_facts_prefix:
+        facts.append(all_dead_letters | "CountDeadLetters" >> beam.FlatMap(dead_letter_facts))
+        _ = (
+            facts
+            | "MergeReportFacts" >> beam.Flatten()
+            | "WriteReportFacts" >> SumReportFacts(settings.report_facts_prefix)
+        )
     if settings.dead_letter_path:
         _ = (
             all_dead_letters
@@ -151,6 +179,12 @@ def build_pipeline(
         "events": events,
         "dead_letters": all_dead_letters,
     }
+
+
+def _record_fact(element: tuple[str, dict]):
+    snapshot_ms = element[1].get("snapshot_ms")
+    if snapshot_ms is not None:  # carried states of a split backfill have none
+        yield ("snapshot", snapshot_ms, "records"), 1
 
 
 def _encode_dead_letter(record: dict) -> str:

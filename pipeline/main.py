@@ -8,14 +8,18 @@ graph with :func:`pipeline.graph.build_pipeline` and runs it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import logging
 import os
 import sys
 import tempfile
 import traceback
+import uuid
 from collections.abc import Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
@@ -28,7 +32,10 @@ from pipeline.outputs import (
     restrict_output_files,
     temp_folders,
 )
+from pipeline.report import build_report, read_facts, remove_facts, stopping_snapshots, write_report
 from pipeline.runners import LOCAL_RUNNER_NAMES, OfflineDirectRunner
+from pipeline.summary import print_summary, summary_rows
+from transforms import progress
 from transforms.beam_internals import (
     BEAM_STEP_FAILURE_LOGGER,
     STEP_ANNOTATION,
@@ -55,6 +62,7 @@ _CAPPED_LOGGERS = ("apache_beam", "botocore", "boto3", "urllib3", "s3transfer")
 # Checkpoints every second starved the watch's polling on Beam 2.50's Flink job server
 # (no snapshot read), every 2 s slowed it to ~20 s per snapshot; 10 s did not.
 MIN_STREAMING_CHECKPOINT_MS = 10_000
+DEFAULT_PROGRESS_INTERVAL_S = 10.0
 
 
 class UsageError(ValueError):
@@ -73,6 +81,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError, InputError, SnapshotTimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    progress.configure(
+        progress_interval(options.view_as(SegmentEventsOptions)), per_snapshot=settings.streaming
+    )
+    try:
+        return _run(settings, config, options)
+    finally:
+        progress.configure(None)  # the embedding process gets its environment back
+
+
+def _run(settings: JobSettings, config: ActivationConfig, options: PipelineOptions) -> int:
+    """Preflight, the run(s), the summary and the report; returns the exit code."""
     if settings.kinesis_stream and not options.view_as(SegmentEventsOptions).skip_stream_check:
         try:
             preflight_stream(settings)
@@ -93,10 +112,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = write_failure_report()
         if report:
             print(f"  the full traceback is in {report}", file=sys.stderr)
+        if settings.report_facts_prefix:
+            remove_facts(settings.report_facts_prefix)
         return EXIT_FAILED
     runner_name = options.view_as(StandardOptions).runner
-    print_summary(counters, complete=not (settings.streaming and runner_name in LOCAL_RUNNER_NAMES))
+    rows = summary_rows(
+        counters, complete=not (settings.streaming and runner_name in LOCAL_RUNNER_NAMES)
+    )
+    print_summary(rows)
+    if settings.report_path:
+        return finish_report(settings, config, rows)
     return 0
+
+
+def finish_report(
+    settings: JobSettings, config: ActivationConfig, rows: list[tuple[str, object]]
+) -> int:
+    """Turns the run's facts into ``PATH.json`` and ``PATH.html``; returns the exit code."""
+    prefix = settings.report_facts_prefix or ""
+    try:
+        facts = read_facts(prefix)
+        baseline = match_snapshot_files(settings.baseline, True, settings.snapshot_time_field)
+        baseline_times = {snapshot_time_from_path(f.path) for f in baseline} - {None}
+        report = build_report(
+            facts,
+            config=config,
+            summary=rows,
+            inputs=settings.inputs,
+            baseline_times=baseline_times,  # type: ignore[arg-type]
+            dry_run=settings.dry_run,
+            allow_mass_exit=settings.allow_mass_exit,
+        )
+        json_path, html_path = write_report(settings.report_path or "", report)
+    except (OSError, ValueError) as err:
+        print(f"error: the report could not be written: {_one_line(err)}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        remove_facts(prefix)
+    restrict_output_files([settings.report_path])
+    print(f"report: {html_path} (data: {json_path})")
+    if settings.dry_run:
+        print("dry run: nothing was sent")
+        for snapshot in stopping_snapshots(report):
+            guard = snapshot["mass_exit_guard"]
+            print(
+                f"warning: a real run would stop at the mass-exit guard: snapshot "
+                f"{snapshot['snapshot']} is missing {guard['absent']} of the "
+                f"{guard['tracked']} profiles tracked before it",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def progress_interval(opts: SegmentEventsOptions) -> float | None:
+    """Seconds between progress lines: the flag, else 10 on a terminal; none if quiet."""
+    if opts.quiet:
+        return None
+    if opts.progress_interval is not None:
+        return opts.progress_interval if opts.progress_interval > 0 else None
+    return DEFAULT_PROGRESS_INTERVAL_S if sys.stderr.isatty() else None
 
 
 def preflight_stream(settings: JobSettings) -> None:
@@ -173,9 +247,11 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
         ConfigError: The config is invalid.
         InputError: An input pattern or file cannot be used.
     """
-    unknown = _unknown_flags(argv)
+    unknown, known = _unknown_flags(argv)
     if unknown:
-        raise UsageError(f"unknown flag {unknown[0]} (see --help)")
+        guess = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.75)
+        hint = f"; did you mean {guess[0]}?" if guess else " (see --help)"
+        raise UsageError(f"unknown flag {unknown[0]}{hint}")
     options = PipelineOptions(list(argv))
     all_options = options.get_all_options(drop_default=True)
     for secret in _SECRET_FLAGS:
@@ -197,9 +273,15 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
         raise UsageError("--config is required: the destination config JSON (docs/contract.md §3)")
     if not opts.input:
         raise UsageError("--input is required: a glob of snapshot files")
-    if not opts.kinesis_stream and not opts.output_path:
+    if not opts.kinesis_stream and not opts.output_path and not opts.report:
         raise UsageError(
-            "no output: give --kinesis_stream (with --kinesis_region) and/or --output_path"
+            "no output: give --kinesis_stream (with --kinesis_region) and/or --output_path "
+            "(or only --report for a dry run)"
+        )
+    if opts.report and streaming:
+        raise UsageError(
+            "--report applies to batch runs (a streaming run logs one line per snapshot "
+            "with its event count instead)"
         )
     region = opts.kinesis_region or (_default_region() if opts.kinesis_stream else None)
     if opts.kinesis_stream and not region:
@@ -273,7 +355,13 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
         watch_interval=_watch_interval(opts.watch_interval, streaming),
         max_watch_seconds=opts.max_watch_seconds,
         snapshots_per_run=opts.snapshots_per_run,
+        report_path=absolute_path(opts.report),
+        report_facts_prefix=(
+            f"{absolute_path(opts.report)}.facts-{uuid.uuid4().hex[:12]}" if opts.report else None
+        ),
     )
+    if not streaming and not opts.overwrite:
+        _refuse_existing_outputs(settings)
     # Match now, so that a wrong pattern or an undated file fails before anything runs.
     # A streaming run watches for snapshots that have not landed yet: nothing to match.
     inputs = (
@@ -292,6 +380,46 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
                 "run, pass the previous snapshot as --baseline"
             )
     return settings, config, options
+
+
+def _refuse_existing_outputs(settings: JobSettings) -> None:
+    """Refuses to start a batch run whose output files exist (unless ``--overwrite``).
+
+    Beam's text sink names its files ``PREFIX-00000-of-0000N.jsonl`` whatever the day, so
+    a daily run with yesterday's ``--output_path`` would replace yesterday's events.
+    """
+    checks = [
+        ("--output_path", settings.output_path),
+        ("--dead_letter_path", settings.dead_letter_path),
+    ]
+    if settings.report_path:
+        checks += [
+            ("--report", f"{settings.report_path}.json"),
+            ("--report", f"{settings.report_path}.html"),
+        ]
+    for flag, prefix in checks:
+        if prefix is None:
+            continue
+        found = existing_files(prefix)
+        if found:
+            raise UsageError(
+                f"{flag} {prefix}: {len(found)} file(s) exist already (e.g. {found[0]}); "
+                "use a new prefix (for example with the date in it), or --overwrite to "
+                "replace them. Nothing was run"
+            )
+
+
+def existing_files(prefix: str) -> list[str]:
+    """Files whose path starts with ``prefix`` (local paths and URLs)."""
+    try:
+        matches = FileSystems.match([prefix + "*"])[0].metadata_list
+    except Exception:  # noqa: BLE001 - an unreadable or missing folder holds no files
+        return []
+    return sorted(m.path for m in matches if not _is_temp(m.path, prefix))
+
+
+def _is_temp(path: str, prefix: str) -> bool:
+    return path[len(prefix) :].startswith(".facts-")
 
 
 def _check_baseline_is_older(inputs, baseline) -> None:
@@ -335,13 +463,19 @@ def run_job(
     settings: JobSettings, config: ActivationConfig, options: PipelineOptions
 ) -> dict[str, int]:
     """Builds and runs the pipeline; returns the job's counters by name."""
-    prefixes = (settings.output_path, settings.dead_letter_path)
+    if settings.report_facts_prefix:
+        # One facts prefix per run: the runs of a split backfill all add to the report.
+        settings = dataclasses.replace(
+            settings, report_facts_prefix=f"{settings.report_facts_prefix}-{uuid.uuid4().hex[:8]}"
+        )
+    prefixes = (settings.output_path, settings.dead_letter_path, settings.report_facts_prefix)
     prepare_output_folders(prefixes)
     staged_before = temp_folders(prefixes)
     runner_name = options.view_as(StandardOptions).runner
     runner = OfflineDirectRunner() if runner_name in LOCAL_RUNNER_NAMES else None
     pipeline = beam.Pipeline(runner=runner, options=options)
     build_pipeline(pipeline, settings, config)
+    progress.reset()
     try:
         result = pipeline.run()
         result.wait_until_finish()
@@ -351,6 +485,7 @@ def run_job(
         remove_temp_folders(prefixes, staged_before)
         raise
     finally:
+        progress.stop()
         restrict_output_files(prefixes)
     return job_counters(result)
 
@@ -366,54 +501,6 @@ def job_counters(result) -> dict[str, int]:
         value = counter.committed if counter.committed is not None else counter.attempted
         totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + (value or 0)
     return totals
-
-
-# The headline of the run summary: always shown, zero when a counter never moved.
-_HEADLINE = (
-    ("records read", "records_read"),
-    ("profiles", "profiles_processed"),
-    ("events", "events_formatted"),
-    ("events excluded (no identity in the output namespaces)", "events_excluded_no_identity"),
-    ("segment entries (realized)", "events_by_status_realized"),
-    ("segment exits (exited)", "events_by_status_exited"),
-    ("current memberships (existing)", "events_by_status_existing"),
-    ("dead letters (input)", "records_dead_lettered"),
-    ("dead letters (sink)", "kinesis_dead_lettered"),
-    ("records sent to Kinesis", "kinesis_records_sent"),
-    ("PutRecords requests", "kinesis_requests"),
-    ("retries", "kinesis_retries"),
-    ("throttled records", "kinesis_throttled_records"),
-)
-
-
-# Counted by the read steps, which every runner reports (zero when never moved).
-_READ_SIDE = frozenset(("records_read", "records_dead_lettered"))
-
-
-def print_summary(counters: dict[str, int], complete: bool = True) -> None:
-    """Prints the run summary (Beam counters of the job) to standard output.
-
-    Args:
-        counters: The job's counters by name.
-        complete: Whether the runner reports the counters of every step. The local
-            streaming runner (Beam's BundleBasedDirectRunner) drops those of the steps
-            that run from event-time timers (the transitions and everything after them):
-            such a figure is shown as not reported, never as 0.
-    """
-    print("Run summary:")
-    if not counters:
-        print("  (the runner reported no metrics)")
-        return
-    missing = "not reported by this runner (see the event files or the stream)"
-    shown = {metric for _, metric in _HEADLINE}
-    rows = [
-        (label, counters.get(metric, 0 if complete or metric in _READ_SIDE else missing))
-        for label, metric in _HEADLINE
-    ]
-    rows += [(name, counters[name]) for name in sorted(counters) if name not in shown]
-    width = max(len(label) for label, _ in rows)
-    for label, value in rows:
-        print(f"  {label.ljust(width)}  {value}")
 
 
 def _help_parser() -> argparse.ArgumentParser:
@@ -437,8 +524,12 @@ def _help_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _unknown_flags(argv: Sequence[str]) -> list[str]:
-    """Flags that neither this job nor any Beam options class knows."""
+def _unknown_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Flags that neither this job nor any Beam options class knows, and the known ones.
+
+    The known flags are listed with this job's first, so that a typo's closest match
+    prefers them.
+    """
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     for cls in all_options_classes():
         try:
@@ -450,7 +541,9 @@ def _unknown_flags(argv: Sequence[str]) -> list[str]:
     except argparse.ArgumentError as err:
         # e.g. a Beam flag with a choice that is not one of its choices.
         raise UsageError(str(err)) from None
-    return [arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")]
+    ours = [f for action in _help_parser()._actions for f in action.option_strings]
+    known = ours + [f for f in parser._option_string_actions if f not in ours]
+    return [arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")], known
 
 
 def _watch_interval(flag: float | None, streaming: bool) -> float | None:

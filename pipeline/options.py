@@ -95,6 +95,36 @@ class SegmentEventsOptions(PipelineOptions):
             "job; malformed input records are counted in the run summary, not written).",
         )
         parser.add_argument(
+            "--report",
+            default=None,
+            help="Batch: write PATH.json and PATH.html (one offline page) with the entries, "
+            "exits and members per snapshot and segment, the mass-exit verdicts, the dead "
+            "letters and the activation figures. With neither --kinesis_stream nor "
+            "--output_path it is a dry run that sends nothing. Default: none.",
+        )
+        parser.add_argument(
+            "--overwrite",
+            action="store_true",
+            default=False,
+            help="Batch: replace existing files of --output_path, --dead_letter_path or "
+            "--report. Default: off (a run refuses to start when such files exist, so a "
+            "daily run never silently replaces yesterday's).",
+        )
+        parser.add_argument(
+            "--progress_interval",
+            type=float,
+            default=None,
+            help="Seconds between progress lines (records read, profiles, events, records "
+            "sent, throttled, rate) on standard error. Default: 10 when standard error is "
+            "a terminal, otherwise none.",
+        )
+        parser.add_argument(
+            "--quiet",
+            action="store_true",
+            default=False,
+            help="No progress lines (the run summary and errors still print). Default: off.",
+        )
+        parser.add_argument(
             "--skip_stream_check",
             action="store_true",
             default=False,

@@ -172,4 +172,4 @@ def test_allowed_unreadable_lines_withhold_the_disappearance_exits(tmp_path, cap
     assert sorted(
         entry["status"] for e in events for entry in e["segmentMembership"]["ups"].values()
     ) == ["realized", "realized"]
-    assert "absence_exits_withheld" in capsys.readouterr().out
+    assert "disappearance exits withheld (incomplete snapshot)" in capsys.readouterr().out

@@ -373,14 +373,14 @@ def test_the_declared_python_version_is_the_one_the_code_needs():
 
 
 def test_a_figure_the_runner_cannot_report_is_never_printed_as_zero(capsys):
-    from pipeline.main import print_summary
+    from pipeline.summary import print_summary, summary_rows
 
-    print_summary({"records_read": 7, "snapshot_files_landed": 6}, complete=False)
+    print_summary(summary_rows({"records_read": 7, "snapshot_files_landed": 6}, complete=False))
     rows = dict(line.strip().split("  ", 1) for line in capsys.readouterr().out.splitlines()[1:])
     assert rows["records read"].strip() == "7"
     assert rows["dead letters (input)"].strip() == "0"
     assert rows["events"].strip().startswith("not reported by this runner")
     assert rows["records sent to Kinesis"].strip().startswith("not reported by this runner")
-    print_summary({"records_read": 7}, complete=True)
+    print_summary(summary_rows({"records_read": 7}, complete=True))
     rows = dict(line.strip().split("  ", 1) for line in capsys.readouterr().out.splitlines()[1:])
     assert rows["events"].strip() == "0"

@@ -125,9 +125,9 @@ def backfill(tmp_path_factory):
 def test_backfill_reference_has_every_kind_of_transition(backfill, tmp_path):
     events, rows = run_backfill(backfill, tmp_path)
     assert events and rows["events"] == len(events)
-    assert rows["profiles_absent_exits"] > 0, "no exit by disappearance in the data"
-    assert rows["profiles_deleted"] > 0, "no tombstone in the data"
-    assert rows["segment exits (exited)"] > rows["profiles_absent_exits"]
+    assert rows["profiles exited by absence"] > 0, "no exit by disappearance in the data"
+    assert rows["profiles deleted (tombstones)"] > 0, "no tombstone in the data"
+    assert rows["segment exits (exited)"] > rows["profiles exited by absence"]
 
 
 @pytest.mark.parametrize(

@@ -616,3 +616,12 @@ def test_each_mapping_timestamp_reaches_the_event_under_its_own_name():
     segment = event["segmentMembership"]["ups"][SEG]
     assert {name: segment[name] for name in stamps} == stamps
     assert segment["name"] == "N"
+
+
+def test_a_superscript_digit_is_a_bad_timestamp_not_a_crash():
+    # "²".isdigit() is true but int("²") raises a plain ValueError, which used to stop
+    # the pipeline instead of dead-lettering the record.
+    from transforms.events.timestamps import TimestampError, parse_timestamp
+
+    with pytest.raises(TimestampError):
+        parse_timestamp("²")

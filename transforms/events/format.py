@@ -27,16 +27,19 @@ import json
 import logging
 import math
 import uuid
+from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from transforms import progress
 from transforms.config import ActivationConfig, SegmentMapping
 from transforms.events.identities import output_identities
 from transforms.events.timestamps import TimestampError, format_timestamp, parse_timestamp
 from transforms.metrics import METRICS_NAMESPACE
+from transforms.report.facts import CAUSE, FACTS, bundle_facts, count_event, count_excluded
 from transforms.snapshots.profiles import STATUSES
 
 _LOGGER = logging.getLogger(__name__)
@@ -104,6 +107,22 @@ def format_event(profile_key: str, transition: dict, config: ActivationConfig) -
     return EventFormatter(config).format(profile_key, transition)
 
 
+class Formatted(NamedTuple):
+    """One formatted event.
+
+    Attributes:
+        data: The event bytes.
+        statuses: The status of each segment entry in it (for metrics).
+        memberships: Its ``segmentMembership`` object.
+        identity_map: Its ``identityMap`` object.
+    """
+
+    data: bytes
+    statuses: list[str]
+    memberships: dict
+    identity_map: dict
+
+
 class EventFormatter:
     """Formats events for one config; build once, format many (lookups are prepared)."""
 
@@ -124,12 +143,11 @@ class EventFormatter:
 
     def format_with_statuses(self, profile_key: str, transition: dict) -> tuple[bytes, list[str]]:
         """The event bytes and the status of each segment entry in it (for metrics)."""
-        return self._format(profile_key, transition, keep_without_identity=True)  # type: ignore[return-value]
+        formatted = self._format(profile_key, transition, keep_without_identity=True)
+        return formatted.data, formatted.statuses  # type: ignore[union-attr]
 
-    def format_for_sending(
-        self, profile_key: str, transition: dict
-    ) -> tuple[bytes, list[str]] | None:
-        """Like :meth:`format_with_statuses`, or ``None`` for an event nobody can act on.
+    def format_for_sending(self, profile_key: str, transition: dict) -> Formatted | None:
+        """The formatted event, or ``None`` for an event nobody can act on.
 
         An event without any identity in the output namespaces (``"identityMap": {}``)
         cannot be matched to a person downstream: it is excluded unless the config says
@@ -139,7 +157,7 @@ class EventFormatter:
 
     def _format(
         self, profile_key: str, transition: dict, keep_without_identity: bool
-    ) -> tuple[bytes, list[str]] | None:
+    ) -> Formatted | None:
         snapshot_ms = transition.get("snapshot_ms")
         if isinstance(snapshot_ms, bool) or not isinstance(snapshot_ms, int) or snapshot_ms < 0:
             raise EventFormatError("transition snapshot_ms is not epoch milliseconds")
@@ -160,7 +178,7 @@ class EventFormatter:
         if self._config.event_id:
             payload["eventId"] = event_id_for(profile_key, snapshot_ms, data)
             data = _encode(payload)
-        return data, statuses
+        return Formatted(data, statuses, memberships, identity_map)
 
     def _memberships(self, segments: dict, snapshot_ms: int) -> tuple[dict, list[str]]:
         config = self._config
@@ -214,23 +232,33 @@ class FormatSegmentEvents(beam.PTransform):
     segment entry; ``events_excluded_no_identity`` for events not formatted because the
     profile has no identity in the output namespaces (unless the config says
     ``send_without_identity``).
+
+    Args:
+        config: The activation config.
+        report_facts: Also count the report's facts (:mod:`transforms.report.facts`);
+            ``expand`` then returns ``(events, facts)``.
     """
 
-    def __init__(self, config: ActivationConfig) -> None:
+    def __init__(self, config: ActivationConfig, *, report_facts: bool = False) -> None:
         super().__init__()
         self._config = config
+        self._report_facts = report_facts
 
-    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
-        return pcoll | "FormatEvents" >> beam.ParDo(_FormatEventFn(self._config)).with_output_types(
-            tuple[str, bytes]
-        )
+    def expand(self, pcoll: beam.PCollection):
+        fn = _FormatEventFn(self._config, self._report_facts)
+        if not self._report_facts:
+            return pcoll | "FormatEvents" >> beam.ParDo(fn).with_output_types(tuple[str, bytes])
+        outputs = pcoll | "FormatEvents" >> beam.ParDo(fn).with_outputs(FACTS, main="events")
+        return outputs.events, outputs[FACTS]
 
 
 class _FormatEventFn(beam.DoFn):
     """Formats one transition; the profile key becomes the partition key hash."""
 
-    def __init__(self, config: ActivationConfig) -> None:
+    def __init__(self, config: ActivationConfig, report_facts: bool = False) -> None:
         self._config = config
+        self._report_facts = report_facts
+        self._facts: Counter = Counter()
         self._formatter: EventFormatter | None = None
         self._formatted = Metrics.counter(METRICS_NAMESPACE, "events_formatted")
         self._excluded = Metrics.counter(METRICS_NAMESPACE, "events_excluded_no_identity")
@@ -256,12 +284,28 @@ class _FormatEventFn(beam.DoFn):
             raise
         if formatted is None:
             self._excluded.inc()
+            if self._report_facts:
+                count_excluded(
+                    self._facts, transition["snapshot_ms"], transition.get("identities") or {}
+                )
             return
-        data, statuses = formatted
         self._formatted.inc()
-        for status in statuses:
+        progress.add_event(transition["snapshot_ms"])
+        for status in formatted.statuses:
             self._by_status[status].inc()
-        yield partition_key_for(profile_key), data
+        if self._report_facts:
+            count_event(
+                self._facts,
+                transition["snapshot_ms"],
+                formatted.memberships,
+                formatted.identity_map,
+                transition.get(CAUSE),
+            )
+        yield partition_key_for(profile_key), formatted.data
+
+    def finish_bundle(self):
+        if self._facts:
+            yield from bundle_facts(self._facts)
 
 
 def _mapping(transition: dict, part: str) -> dict:

@@ -58,7 +58,8 @@ def parse_timestamp(value: object) -> int:
 @functools.lru_cache(maxsize=1 << 16)
 def _parse_text(value: str) -> int:
     text = value.strip()
-    if text.isdigit():
+    # isdigit() is also true for "²" and other digits int() refuses: ASCII only.
+    if text.isascii() and text.isdigit():
         return _check_epoch(int(text), value)
     match = _DATETIME_RE.match(text)
     if match:

@@ -41,6 +41,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
+from transforms import progress
 from transforms.kinesis.batching import DEFAULT_MAX_RECORD_BYTES
 from transforms.kinesis.client import make_kinesis_client
 from transforms.kinesis.settings import (
@@ -69,6 +70,8 @@ _COUNTERS = (
 _DISTRIBUTIONS = ("kinesis_batch_records", "kinesis_request_latency_ms")
 
 __all__ = ["KinesisSinkError", "WriteToKinesisStream"]
+# The sink's counters that progress lines show.
+_PROGRESS = {"kinesis_records_sent": "records_sent", "kinesis_throttled_records": "throttled"}
 
 
 class _BeamSinkMetrics(SinkMetrics):
@@ -83,6 +86,9 @@ class _BeamSinkMetrics(SinkMetrics):
     def inc(self, name: str, n: int = 1) -> None:
         if n:
             self._counters[name].inc(n)
+            progress_name = _PROGRESS.get(name)
+            if progress_name is not None:
+                progress.add(progress_name, n)
 
     def observe(self, name: str, value: int) -> None:
         self._distributions[name].update(value)

@@ -14,6 +14,7 @@ import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from transforms import progress
 from transforms.events.timestamps import format_timestamp
 from transforms.segments.carried_state import is_carried_state
 from transforms.segments.codecs import carried_bytes
@@ -167,6 +168,7 @@ class MassExitCountsFn(beam.DoFn):
         self._times: list[int] = []
 
     def process(self, element, snapshots):
+        progress.add("profiles_total")
         if snapshots is not self._times_for:
             self._times_for = snapshots
             self._times = sorted(snapshots)

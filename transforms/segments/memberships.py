@@ -29,7 +29,7 @@ result does not depend on the order of the records they are given.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 
 from transforms.segments.rules import (
     apply_absence,
@@ -58,6 +58,7 @@ def replay_batch(
     baseline_times: frozenset[int] | set[int] | Mapping[int, bool] = frozenset(),
     initial: ProfileState | None = None,
     incomplete: Container[int] | None = None,
+    on_step: Callable[[int, ProfileState | None], None] | None = None,
 ) -> Replay:
     """Replays one profile over every snapshot of a batch run, in time order.
 
@@ -80,6 +81,8 @@ def replay_batch(
             :data:`ANY_SNAPSHOT` when such a record's snapshot is unknown too): an
             absence from one of them is no proof, so no disappearance exit happens
             there; the next complete snapshot without the profile confirms it.
+        on_step: Called with each snapshot time and the state after it, for every
+            snapshot at which the profile is tracked (``--report`` counts members).
 
     Returns:
         The final state and the transitions in snapshot order.
@@ -129,6 +132,8 @@ def replay_batch(
             break
         if transition is not None:
             transitions.append(transition)
+        if on_step is not None:
+            on_step(snapshot_ms, state)
         index += 1
     return Replay(state, transitions, [], [])
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections import Counter
 from typing import Any
 
 import apache_beam as beam
@@ -23,9 +24,11 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
+from transforms import progress
 from transforms.config import ActivationConfig
 from transforms.events.timestamps import format_timestamp
 from transforms.metrics import METRICS_NAMESPACE
+from transforms.report.facts import CAUSE, bundle_facts, count_members, exit_cause
 from transforms.segments.codecs import (
     CARRIED_TAG,
     carry,
@@ -122,9 +125,13 @@ class BatchTransitionsFn(TransitionsFnBase):
       loaded module on each call (``bench/bench_state_cost.py``).
     """
 
-    def __init__(self, config: ActivationConfig, carry_states: bool = False) -> None:
+    def __init__(
+        self, config: ActivationConfig, carry_states: bool = False, report: bool = False
+    ) -> None:
         super().__init__(config)
         self._carry_states = carry_states
+        self._report = report
+        self._facts: Counter = Counter()
         self._times_for: Any = None
         self._times: list[int] = []
 
@@ -139,6 +146,7 @@ class BatchTransitionsFn(TransitionsFnBase):
             else:
                 records.append(decode_record(data[1:]))
         self._tally.counters["profiles_processed"] += 1
+        progress.add("profiles")
         if snapshots is not self._times_for:
             # The side input is the same object for a whole bundle: sort it once.
             self._times_for = snapshots
@@ -151,7 +159,13 @@ class BatchTransitionsFn(TransitionsFnBase):
             snapshots,
             initial=initial,
             incomplete=incomplete,
+            on_step=self._count_members if self._report else None,
         )
+        if self._report:
+            # The formatter counts what is sent; only this step knows why an exit is.
+            deleted_at = {r["snapshot_ms"]: bool(r.get("deleted")) for r in records}
+            for transition in replay.transitions:
+                transition[CAUSE] = exit_cause(transition["snapshot_ms"], deleted_at)
         for transition in replay.transitions:
             yield (key, transition)
         if self._carry_states:
@@ -159,8 +173,14 @@ class BatchTransitionsFn(TransitionsFnBase):
             if carried is not None:
                 yield TaggedOutput(STATES, carry(key, carried))
 
+    def _count_members(self, snapshot_ms: int, state) -> None:
+        if state is not None and not state.gone:
+            count_members(self._facts, snapshot_ms, state.memberships)
+
     def finish_bundle(self):
         self._flush_counters()
+        if self._facts:
+            yield from bundle_facts(self._facts)
 
 
 class StreamingTransitionsFn(TransitionsFnBase):

@@ -48,6 +48,7 @@ from apache_beam.pvalue import AsSingleton
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms.config import ActivationConfig
+from transforms.report.facts import FACTS
 from transforms.segments.codecs import encode_keyed
 from transforms.segments.guard import (
     BadRecordsError,
@@ -84,11 +85,14 @@ class TransitionsResult(NamedTuple):
         dead_letters: Dicts ``{"stage", "reason", "error", "file", "raw"}``.
         states: Batch with ``carry_states``: ``(profile key, encoded state)`` to seed
             the next run of a split backfill; otherwise ``None``.
+        report_facts: With ``report``: members per snapshot and segment, and the
+            mass-exit guard's counts (see :mod:`transforms.report.facts`).
     """
 
     transitions: beam.PCollection
     dead_letters: beam.PCollection
     states: beam.PCollection | None = None
+    report_facts: beam.PCollection | None = None
 
 
 class ComputeSegmentTransitions(beam.PTransform):
@@ -125,6 +129,10 @@ class ComputeSegmentTransitions(beam.PTransform):
             landed, so a stop or a drain (the watermark jumps to the end of time)
             sends no exit that no snapshot proved. ``None``: the watermark alone proves
             it (for inputs whose watermark only advances as snapshots land).
+        report: Batch only: also count the report's facts, and tell the formatter
+            the cause of each exit (``transition["exit_cause"]``).
+        dry_run: Batch only: nothing will be sent, so the mass-exit guard does not
+            stop the run; its counts go to the report, which shows the verdict.
 
     Returns (from ``expand``):
         A :class:`TransitionsResult` with ``transitions`` and ``dead_letters``.
@@ -141,10 +149,16 @@ class ComputeSegmentTransitions(beam.PTransform):
         read_dead_letters: beam.PCollection | None = None,
         max_bad_records: int = 0,
         landed_snapshots: beam.PCollection | None = None,
+        report: bool = False,
+        dry_run: bool = False,
     ) -> None:
         super().__init__(label)
         if streaming and carry_states:
             raise ValueError("carried states only apply to batch runs")
+        if streaming and (report or dry_run):
+            raise ValueError("reports and dry runs only apply to batch runs")
+        self._report = report
+        self._dry_run = dry_run
         self._read_dead_letters = read_dead_letters
         self._landed_snapshots = landed_snapshots
         self._max_bad_records = max_bad_records
@@ -174,13 +188,16 @@ class ComputeSegmentTransitions(beam.PTransform):
         grouped = records | "EncodeRecords" >> beam.Map(encode_keyed).with_output_types(
             tuple[str, bytes]
         )
-        verdict = (
+        guard_counts = (
             presence
             | "GroupPresence" >> beam.GroupByKey()
             | "CountAbsences" >> beam.ParDo(MassExitCountsFn(), snapshots)
             | "SumAbsences" >> beam.CombineGlobally(GuardCountsFn())
-            | "MassExitGuard"
-            >> beam.Map(check_mass_exit, config.max_exit_fraction, self._allow_mass_exit)
+        )
+        verdict = guard_counts | "MassExitGuard" >> (
+            beam.Map(_report_only)
+            if self._dry_run
+            else beam.Map(check_mass_exit, config.max_exit_fraction, self._allow_mass_exit)
         )
         if self._read_dead_letters is not None:
             unreadable = self._read_dead_letters | "CountUnreadable" >> beam.CombineGlobally(
@@ -196,14 +213,18 @@ class ComputeSegmentTransitions(beam.PTransform):
             | "GroupByProfile" >> beam.GroupByKey()
             | "Replay"
             >> beam.ParDo(
-                BatchTransitionsFn(config, self._carry_states),
+                BatchTransitionsFn(config, self._carry_states, self._report),
                 snapshots,
                 AsSingleton(verdict),
                 AsSingleton(incomplete),
-            ).with_outputs(DEAD, STATES, main="transitions")
+            ).with_outputs(DEAD, STATES, FACTS, main="transitions")
         )
         states = outputs[STATES] if self._carry_states else None
-        return TransitionsResult(outputs.transitions, outputs[DEAD], states)
+        facts = None
+        if self._report:
+            guard_facts = guard_counts | "GuardFacts" >> beam.FlatMap(_guard_facts)
+            facts = (outputs[FACTS], guard_facts) | "MergeReplayFacts" >> beam.Flatten()
+        return TransitionsResult(outputs.transitions, outputs[DEAD], states, facts)
 
     def _expand_streaming(self, records: beam.PCollection) -> TransitionsResult:
         config = self._config
@@ -257,6 +278,17 @@ class ComputeSegmentTransitions(beam.PTransform):
         transitions = (outputs.transitions, held.released) | "MergeTransitions" >> beam.Flatten()
         dead_letters = (outputs[DEAD], held[DEAD]) | "MergeDeadLetters" >> beam.Flatten()
         return TransitionsResult(transitions, dead_letters)
+
+
+def _report_only(counts: dict) -> bool:
+    del counts  # a dry run sends nothing: the report shows the guard's verdict
+    return True
+
+
+def _guard_facts(counts: dict[int, list[int]]):
+    for snapshot_ms, (tracked, absent) in counts.items():
+        yield ("guard", snapshot_ms, "tracked"), tracked
+        yield ("guard", snapshot_ms, "absent"), absent
 
 
 def _landed_message(snapshot_ms: int) -> tuple[str, tuple]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from transforms import progress
 from transforms.config import ActivationConfig
 from transforms.events.timestamps import TimestampError, parse_timestamp
 from transforms.metrics import METRICS_NAMESPACE
@@ -110,6 +112,12 @@ def match_snapshot_files(
             raise InputError(f"{flag} {pattern}: no file matches this pattern")
         for path in sorted(paths):
             fmt = file_format(path)
+            if fmt is None and _is_directory(path):
+                raise InputError(
+                    f"{flag} {path}: is a directory (use a glob such as "
+                    f"{path.rstrip('/')}/*.avro, or {path.rstrip('/')}/*/*.avro for "
+                    "snapshot folders)"
+                )
             if fmt is None:
                 raise InputError(
                     f"{path}: unknown file format; expected .avro, .json, .jsonl "
@@ -123,6 +131,11 @@ def match_snapshot_files(
             files.append(SnapshotFile(path, fmt, baseline))
     unique = {f.path: f for f in files}
     return sorted(unique.values(), key=lambda f: f.path)
+
+
+def _is_directory(path: str) -> bool:
+    """Whether a matched path is a folder (local paths; object stores have none)."""
+    return "://" not in path and os.path.isdir(path)
 
 
 class ReadSnapshots(beam.PTransform):
@@ -332,6 +345,7 @@ class _ParseRecordFn(beam.DoFn):
             yield carried_state_record(raw)
             return
         self._records.inc()
+        progress.add("records_read")
         record = None
         snapshot_ms = None
         try:

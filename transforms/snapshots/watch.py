@@ -59,6 +59,7 @@ from apache_beam.transforms.core import Windowing
 from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 
+from transforms import progress
 from transforms.beam_internals import (
     TransformEvaluator,
     TransformResult,
@@ -151,6 +152,7 @@ class LandedSnapshotLister:
         self._complete: dict[str, int | None] = {}  # folder -> its newest file's time
         self._retired: dict[str, int] = {}  # folder -> files it had when retired
         self._reported: dict[str, set[str]] = {}  # folder -> paths already reported
+        self._waiting: set[str] = set()  # folders seen without their marker (noted once)
         self._newest: int | None = None
         self._skipped = Metrics.counter(METRICS_NAMESPACE, "watch_files_skipped")
 
@@ -182,8 +184,13 @@ class LandedSnapshotLister:
                 continue
             if folder not in self._complete:
                 if not self._has_marker(folder):
+                    if folder not in self._waiting:
+                        self._waiting.add(folder)
+                        progress.note(f"watch: {folder}: waiting for its {MARKER} marker")
                     continue
+                self._waiting.discard(folder)
                 self._complete[folder] = None
+                progress.note(f"watch: {folder}: landed ({len(paths)} file(s))")
             for path in paths:
                 snapshot_ms = self._snapshot_time(folder, path)
                 if snapshot_ms is not None:

@@ -1,0 +1,1 @@
+"""The counts behind ``--report``: what each snapshot would send, per segment."""
