@@ -385,7 +385,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m pipeline replay",
-        description="Sends the Kinesis sink's dead letters (reasons retries_exhausted, "
+        description="Sends the Kinesis sink's dead letters (retries_exhausted, blocked_by_earlier_failure, "
         "record_too_large) to a Kinesis stream again, each partition key's letters in the "
         "order the sink gave them up, the event bytes (and eventIds) unchanged.",
         epilog="Any Beam option is accepted too (--runner, ...). AWS credentials come from "

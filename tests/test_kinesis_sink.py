@@ -367,10 +367,15 @@ def test_retries_exhausted_go_to_dead_letter(tmp_path, kinesis_stream, fault_pro
     assert sorted((d["partition_key"], d["raw"]) for d in run.dead) == sorted(
         (k, d.decode()) for k in on_blocked for d in expected[k]
     )
-    assert {d["reason"] for d in run.dead} == {"retries_exhausted"}
-    assert all(d["error"].startswith(THROTTLE) for d in run.dead)
-    # Exactly max_attempts sends per dead record: bounded, no storm.
-    assert fault_proxy.snapshot().injected[THROTTLE] == 3 * len(run.dead)
+    # Per profile: its first event exhausted its retries, and the second, which must not
+    # overtake it, is dead-lettered behind it without being sent.
+    for key in on_blocked:
+        reasons = [d["reason"] for d in run.dead if d["partition_key"] == key]
+        assert reasons == ["retries_exhausted", "blocked_by_earlier_failure"]
+    first = [d for d in run.dead if d["reason"] == "retries_exhausted"]
+    assert all(d["error"].startswith(THROTTLE) for d in first)
+    # Exactly max_attempts sends per given-up record: bounded, no storm.
+    assert fault_proxy.snapshot().injected[THROTTLE] == 3 * len(on_blocked)
 
 
 def test_dead_letter_disabled_fails_the_job(tmp_path, kinesis_stream, fault_proxy):

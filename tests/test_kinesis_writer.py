@@ -220,7 +220,7 @@ def test_whole_request_failures_are_retried(executor):
     assert writer.adaptive_rate is not None  # throttling engaged the AIMD limiter
 
 
-def test_retries_exhausted_go_to_dead_letter_and_later_records_follow(executor):
+def test_retries_exhausted_go_to_dead_letter_and_the_key_s_later_records_follow_it(executor):
     def script(call, n):
         return ("entries", {0: "ProvisionedThroughputExceededException"})
 
@@ -228,10 +228,15 @@ def test_retries_exhausted_go_to_dead_letter_and_later_records_follow(executor):
     writer = KinesisWriter(
         client, "s", fast(max_attempts=3, max_in_flight_requests=1), executor, metrics
     )
-    dead = run(writer, [("a", b"a1"), ("a", b"a2"), ("b", b"b1")])
-    # Every request's first entry is throttled for good: a1 first, then a2 alone.
-    assert [d.value["raw"] for d in dead] == ["a1", "a2"]
-    assert {d.value["reason"] for d in dead} == {"retries_exhausted"}
+    dead = run(writer, [("a", b"a1"), ("a", b"a2"), ("b", b"b1"), ("a", b"a3")])
+    # Every request's first entry is throttled for good: a1. a2 (queued behind it) and
+    # a3 (added after it was given up) must not overtake it: dead-lettered unsent.
+    assert [d.value["raw"] for d in dead] == ["a1", "a2", "a3"]
+    assert [d.value["reason"] for d in dead] == [
+        "retries_exhausted",
+        "blocked_by_earlier_failure",
+        "blocked_by_earlier_failure",
+    ]
     assert dead[0].value["error"].startswith("ProvisionedThroughputExceededException")
     assert dead[0].value == {
         "stage": "kinesis_sink",
@@ -242,7 +247,7 @@ def test_retries_exhausted_go_to_dead_letter_and_later_records_follow(executor):
         "partition_key": "a",
     }
     assert client.stream == [("b", b"b1")]
-    assert metrics.counters["kinesis_dead_lettered"] == 2
+    assert metrics.counters["kinesis_dead_lettered"] == 3
 
 
 def test_retry_time_budget_dead_letters(executor):

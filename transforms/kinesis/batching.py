@@ -158,6 +158,25 @@ class KeyOrderedBuffer:
         heapq.heappush(self._delayed, (not_before, next(self._tiebreak), record))
         self.taken_records -= 1
 
+    def complete_and_drop(self, record: PendingRecord) -> list[PendingRecord]:
+        """Removes a taken head record and every record queued behind it of its key.
+
+        For a record given up: the records behind it must not overtake it, so they are
+        given up too (in order), and none of its key becomes ready.
+
+        Returns:
+            The records that were queued behind it, in order.
+        """
+        queue = self._queues.get(record.partition_key)
+        if not queue or queue[0] is not record:
+            raise RuntimeError("completed a record that is not the head of its key")
+        del self._queues[record.partition_key]
+        dropped = list(queue)[1:]
+        self.taken_records -= 1
+        self.buffered_records -= len(queue)
+        self.buffered_bytes -= sum(r.size for r in queue)
+        return dropped
+
     def complete(self, record: PendingRecord) -> None:
         """Removes a taken record (acknowledged or dead-lettered); its key's next becomes ready.
 

@@ -46,6 +46,14 @@ from transforms.kinesis.settings import (
 _LOGGER = logging.getLogger(__name__)
 
 
+# The reason of a record dead-lettered because an earlier record of its key was.
+BLOCKED = "blocked_by_earlier_failure"
+_BLOCKED_ERROR = (
+    "an earlier record of this partition key was dead-lettered; sent now, this one would "
+    "overtake it (replay the dead letters in order)"
+)
+
+
 class WriterState:
     """What outlives one writer (bundle): rate limiters, the shard map, reachability.
 
@@ -64,6 +72,9 @@ class WriterState:
         self.shard_map = shard_map
         self.shard_map_loaded = now if shard_map is not None else float("-inf")
         self.throttle_logged = float("-inf")
+        # Partition keys with a dead-lettered record: their later records are
+        # dead-lettered too (see KinesisWriter._give_up).
+        self.blocked_keys: set[str] = set()
         # Whether any request got an answer (any HTTP response) from the endpoint, and
         # since when connection failures have lasted while it never did.
         self.answered = False
@@ -157,7 +168,9 @@ class KinesisWriter:
             )
         data = bytes(data)
         size = record_size(partition_key, data)
-        if not 1 <= len(partition_key) <= MAX_PARTITION_KEY_CHARS:
+        if partition_key in self._state.blocked_keys:
+            self._give_up(partition_key, data, timestamp, BLOCKED, _BLOCKED_ERROR)
+        elif not 1 <= len(partition_key) <= MAX_PARTITION_KEY_CHARS:
             self._give_up(
                 partition_key,
                 data,
@@ -437,7 +450,7 @@ class KinesisWriter:
         for r in records:
             first_sent = r.first_sent if r.first_sent is not None else now
             if r.attempts >= self._s.max_attempts or now - first_sent >= self._s.max_retry_seconds:
-                self._buffer.complete(r)
+                behind = self._buffer.complete_and_drop(r)
                 self._give_up(
                     r.partition_key,
                     r.data,
@@ -445,6 +458,10 @@ class KinesisWriter:
                     "retries_exhausted",
                     f"{failure.describe()} (after {r.attempts} attempts)",
                 )
+                for later in behind:
+                    self._give_up(
+                        later.partition_key, later.data, later.timestamp, BLOCKED, _BLOCKED_ERROR
+                    )
             else:
                 self._buffer.retry_later(r, not_before)
                 retried += 1
@@ -459,6 +476,15 @@ class KinesisWriter:
     def _give_up(
         self, partition_key: str, data: bytes, timestamp: Any, reason: str, error: str
     ) -> None:
+        """Dead-letters a record, and blocks its partition key for the writer's lifetime.
+
+        A profile's later events must not reach the stream before this one: sent now and
+        this one replayed later, an entry would arrive after the exit that followed it.
+        So every later record of the key (queued, or added afterwards by this DoFn
+        instance) is dead-lettered behind it with reason ``blocked_by_earlier_failure``,
+        and a replay of the dead letters sends them all in order.
+        """
+        self._state.blocked_keys.add(partition_key)
         self._metrics.inc("kinesis_dead_lettered")
         if not self._s.dead_letter:
             self._failed = KinesisSinkError(
