@@ -125,14 +125,17 @@ def stop() -> None:
 def _run() -> None:
     started = time.monotonic()
     last = dict(_counts)
-    last_snapshots = dict(_by_snapshot)
+    last_snapshots: dict[int, int] = {}
     last_time = started
-    while not _stop.wait(_interval or 10):
+    stopped = False
+    while not stopped:
+        stopped = _stop.wait(_interval or 10)
         now = time.monotonic()
         current = dict(_counts)
         snapshots = dict(_by_snapshot)
-        if current != last:
+        if current != last and not stopped:
             print(format_line(current, last, now - last_time, now - started), file=sys.stderr)
+        # On stop too: a snapshot's last events must not go unreported.
         for snapshot_ms in sorted(snapshots):
             if snapshots[snapshot_ms] != last_snapshots.get(snapshot_ms):
                 count = snapshots[snapshot_ms]
