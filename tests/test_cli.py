@@ -76,7 +76,11 @@ def snapshot(tmp_path):
     "extra, message",
     [
         ([], "no output: give --kinesis_stream"),
-        (["--output_path", "o", "--kinesis_strem", "s"], "unknown flag --kinesis_strem"),
+        (
+            ["--output_path", "o", "--kinesis_strem", "s"],
+            "unknown flag --kinesis_strem; did you mean --kinesis_stream?",
+        ),
+        (["--output_path", "o", "--zzzz"], "unknown flag --zzzz (see --help)"),
         (["--output_path", "o", "--kinesis_max_records_per_second", "0"], "must be a positive"),
         (
             ["--output_path", "o", "--kinesis_max_record_bytes", "20000000"],
@@ -138,6 +142,31 @@ def test_input_errors_name_the_pattern_or_file(snapshot, tmp_path, capsys):
     undated.write_text("{}\n")
     assert main(["--config", config, "--input", str(undated), "--output_path", "o"]) == 2
     assert f"{undated}: cannot resolve the snapshot time" in capsys.readouterr().err
+
+
+def test_a_folder_as_input_names_the_glob_to_use(snapshot, tmp_path, capsys):
+    path, config = snapshot
+    folder = os.path.dirname(path)
+    assert main(["--config", config, "--input", folder, "--output_path", "o"]) == 2
+    err = capsys.readouterr().err
+    assert f"--input {folder}: is a directory (use a glob such as {folder}/*.avro" in err
+
+
+def test_existing_output_files_are_not_replaced_without_overwrite(snapshot, tmp_path, capsys):
+    path, config = snapshot
+    with open(path, "w") as handle:  # one valid profile, so that the run itself passes
+        record = {"identityMap": {"ecid": [{"id": "1", "primary": True}]}}
+        handle.write(json.dumps(record) + "\n")
+    out = tmp_path / "out" / "events"
+    out.parent.mkdir()
+    yesterday = tmp_path / "out" / "events-00000-of-00001.jsonl"
+    yesterday.write_text("yesterday\n")
+    args = ["--config", config, "--input", path, "--output_path", str(out)]
+    assert main(args) == 2
+    assert f"--output_path {out}: 1 file(s) exist already" in capsys.readouterr().err
+    assert yesterday.read_text() == "yesterday\n"
+    assert main([*args, "--overwrite"]) == 0
+    assert yesterday.read_text() != "yesterday\n"
 
 
 @pytest.mark.parametrize(
