@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from pipeline.backfill import run_split_backfill
 from pipeline.graph import JobSettings, build_pipeline
-from pipeline.options import SegmentEventsOptions
+from pipeline.options import FlinkForwardedOptions, SegmentEventsOptions
 from pipeline.outputs import (
     prepare_output_folders,
     remove_temp_folders,
@@ -59,9 +59,6 @@ _CAPPED_LOGGERS = ("apache_beam", "botocore", "boto3", "urllib3", "s3transfer")
 # Where Beam logs (with a traceback) the exception of a failing step before re-raising it.
 
 
-# Checkpoints every second starved the watch's polling on Beam 2.50's Flink job server
-# (no snapshot read), every 2 s slowed it to ~20 s per snapshot; 10 s did not.
-MIN_STREAMING_CHECKPOINT_MS = 10_000
 DEFAULT_PROGRESS_INTERVAL_S = 10.0
 
 
@@ -326,15 +323,8 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
                 "--snapshots_per_run cannot be used with --snapshot_time_field: runs are "
                 "planned from the snapshot times in the file paths"
             )
-    interval = all_options.get("checkpointing_interval")
-    if streaming and interval is not None and interval < MIN_STREAMING_CHECKPOINT_MS:
-        _LOGGER.warning(
-            "--checkpointing_interval %d: on Beam 2.50's Flink job server, checkpoints more "
-            "often than every %d ms were measured to starve the watch of new snapshots "
-            "(see docs/operations/flink.md)",
-            interval,
-            MIN_STREAMING_CHECKPOINT_MS,
-        )
+    if streaming and all_options.get("checkpointing_interval") is not None:
+        _finish_bundles_before_checkpoints(options)
     config = load_config(opts.config)
     settings = JobSettings(
         inputs=tuple(absolute_path(p) for p in opts.input),
@@ -457,6 +447,29 @@ def absolute_path(path: str | None) -> str | None:
     if path is None or "://" in path:
         return path
     return os.path.abspath(os.path.expanduser(path))
+
+
+def _finish_bundles_before_checkpoints(options: PipelineOptions) -> None:
+    """Checkpointed streaming on Flink: bundles finish before a barrier, not inside it.
+
+    By default Beam's Flink runner finishes an open bundle *during* a checkpoint and
+    buffers that bundle's output in the checkpoint, to be emitted when the step next
+    starts a bundle or receives a watermark. A step that never does again keeps it
+    forever: the watch's first step gets one element (the impulse) and one watermark;
+    when the first checkpoint came while that first bundle was open, the watch never
+    got its element and never polled (docs/operations/flink.md). Finishing the bundle
+    before the barrier emits the output at once. ``--no_finish_bundle_before_checkpointing``
+    keeps Beam's default, with a warning.
+    """
+    forwarded = options.view_as(FlinkForwardedOptions)
+    if forwarded.finish_bundle_before_checkpointing is None:
+        forwarded.finish_bundle_before_checkpointing = True
+    elif not forwarded.finish_bundle_before_checkpointing:
+        _LOGGER.warning(
+            "--no_finish_bundle_before_checkpointing: on Flink, a step's output buffered "
+            "in a checkpoint waits for that step's next element or watermark; the watch "
+            "can then wait forever for its first poll (see docs/operations/flink.md)"
+        )
 
 
 def run_job(

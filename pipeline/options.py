@@ -5,6 +5,8 @@ Credentials are deliberately not options: boto3's default chain provides them (d
 
 from __future__ import annotations
 
+import argparse
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
 
@@ -244,6 +246,48 @@ class FlinkForwardedOptions(PipelineOptions):
             default=None,
             help="Flink: stop idle sources after this long; with checkpointing they stay up "
             "(Flink needs running sources to checkpoint). Default: Beam's.",
+        )
+        parser.add_argument(
+            "--finish_bundle_before_checkpointing",
+            action="store_true",
+            default=None,
+            help="Flink: finish the open bundle and emit its output before a checkpoint "
+            "barrier, instead of buffering that output in the checkpoint. Set by default for "
+            "checkpointed streaming (see docs/operations/flink.md); "
+            "--no_finish_bundle_before_checkpointing turns it off.",
+        )
+        parser.add_argument(
+            "--no_finish_bundle_before_checkpointing",
+            dest="finish_bundle_before_checkpointing",
+            action="store_false",
+            help=argparse.SUPPRESS,
+        )
+        parser.add_argument(
+            "--max_bundle_size",
+            type=int,
+            default=None,
+            help="Flink: the most elements in a bundle. Default: Beam's (1000).",
+        )
+        parser.add_argument(
+            "--max_bundle_time_mills",
+            type=int,
+            default=None,
+            help="Flink: milliseconds after which an open bundle is finished. Default: "
+            "Beam's (1000).",
+        )
+        parser.add_argument(
+            "--min_pause_between_checkpoints",
+            type=int,
+            default=None,
+            help="Flink: the least milliseconds between the end of a checkpoint and the start "
+            "of the next. Default: Flink's (0).",
+        )
+        parser.add_argument(
+            "--checkpoint_timeout_millis",
+            type=int,
+            default=None,
+            help="Flink: milliseconds after which a checkpoint is aborted. Default: Flink's "
+            "(10 minutes).",
         )
         parser.add_argument(
             "--retain_externalized_checkpoints_on_cancellation",

@@ -236,6 +236,35 @@ def test_flink_flags_are_accepted_and_forwarded_to_the_job_server(snapshot):
 
 
 @pytest.mark.parametrize(
+    "extra, expected",
+    [
+        # Checkpointed streaming: bundles finish before the barrier (a bundle finished
+        # inside a checkpoint buffered the watch's first element forever on Flink).
+        (["--streaming", "--checkpointing_interval", "1000"], "true"),
+        (["--streaming", "--checkpointing_interval", "1000", "--max_bundle_size", "10"], "true"),
+        (
+            ["--streaming", "--checkpointing_interval", "1000"]
+            + ["--no_finish_bundle_before_checkpointing"],
+            "false",
+        ),
+        (["--streaming"], None),  # no checkpoints: Beam's default
+        (["--checkpointing_interval", "1000"], None),  # batch
+    ],
+)
+def test_checkpointed_streaming_finishes_bundles_before_checkpoints(snapshot, extra, expected):
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    path, config = snapshot
+    _, _, options = parse_args(
+        ["--config", config, "--input", path, "--output_path", "o", "--runner", "FlinkRunner"]
+        + extra
+    )
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    value = dict(encoded.items()).get("beam:option:finish_bundle_before_checkpointing:v1")
+    assert (None if value is None else str(value).lower()) == expected
+
+
+@pytest.mark.parametrize(
     "flag, value, option",
     [
         ("--flink_master", "localhost:8081", "flink_master"),

@@ -11,7 +11,6 @@ the work again.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 import time
@@ -50,21 +49,14 @@ pytestmark = [
 ]
 
 
-# Checkpoints every 10 s: on Beam 2.50's Flink job server, checkpoints every second
-# starved the watch's polling (no snapshot was ever read), every 2 s slowed it to about
-# 20 s per snapshot; 10 s let every snapshot through in about 5 s (measured here).
-CHECKPOINT_MS = "10000"
-
-# Checkpointed streaming on Beam 2.50's Flink job server is not reliable here: in one
-# run of three, the watch never read the first snapshot (the job ran and checkpointed
-# every 10 s, and sent nothing in 3 minutes). The tests below passed their recovery
-# checks whenever the snapshots got through, but a test that fails one run in three
-# cannot gate CI. Run them with FLINK_STREAMING_RECOVERY=1 (see docs/operations/flink.md).
-checkpointed_streaming = pytest.mark.skipif(
-    os.environ.get("FLINK_STREAMING_RECOVERY") != "1",
-    reason="checkpointed streaming starves the watch on Beam 2.50's Flink job server "
-    "(set FLINK_STREAMING_RECOVERY=1 to run)",
-)
+# Checkpoints every 2 s. The command line makes a checkpointed streaming job finish its
+# bundles before each checkpoint barrier (--finish_bundle_before_checkpointing): with Beam
+# 2.50's default, a bundle finished *inside* a checkpoint had its output buffered until
+# the step's next element or watermark, and the watch's first step (one impulse, one
+# watermark) then kept the watch's only element forever when the first checkpoint came
+# during its first bundle: the watch never polled (every run at 1 s, one run in three at
+# 10 s). See docs/operations/flink.md.
+CHECKPOINT_MS = "2000"
 
 
 def _arm_after(proxy, requests: int, stop: threading.Event) -> threading.Thread:
@@ -161,7 +153,6 @@ def _wait_for_pairs(client, stream, want: set[tuple[int, int]], job, timeout: fl
         time.sleep(0.5)  # poll interval
 
 
-@checkpointed_streaming
 @pytest.mark.flink_cluster
 def test_a_taskmanager_killed_mid_stream_loses_nothing_and_invents_nothing(
     flink_cluster, kinesis_stream, fault_proxy, tmp_path
@@ -294,7 +285,6 @@ def _streaming_job(config, landing, stream, endpoint, services, tmp_path, *extra
     )
 
 
-@checkpointed_streaming
 @pytest.mark.flink_cluster
 def test_stop_with_a_savepoint_and_resume_sends_what_an_uninterrupted_run_sends(
     flink_cluster, kinesis_stream, tmp_path
