@@ -14,6 +14,8 @@ without decoding them).
 
 from __future__ import annotations
 
+import struct
+
 from apache_beam import coders
 
 from transforms.segments.carried_state import CARRIED_STATE_FIELD, is_carried_state
@@ -100,11 +102,36 @@ def decode_state(data: bytes) -> ProfileState:
 
 
 def encode_keyed(element: tuple[str, dict]) -> tuple[str, bytes]:
-    """``(key, record)`` -> ``(key, tagged bytes)``, the value grouped by a batch run."""
+    """``(key, record)`` -> ``(key, tagged bytes)``, the value grouped by a batch run.
+
+    A record's value starts with a fixed header (tag, snapshot time, tombstone flag),
+    so that the mass-exit guard reads a profile's presence from the grouped values
+    without decoding them (:func:`presence_of`): one shuffle serves both passes.
+    """
     key, record = element
     if is_carried_state(record):
         return key, carried_bytes(record)
-    return key, RECORD_TAG + encode_record(record)
+    header = _HEADER.pack(record["snapshot_ms"], bool(record.get("deleted", False)))
+    return key, RECORD_TAG + header + encode_record(record)
+
+
+_HEADER = struct.Struct(">q?")
+_BODY = 1 + _HEADER.size
+
+
+def presence_of(data: bytes) -> tuple[int | None, bool]:
+    """A grouped value's presence: ``(snapshot ms, deleted)``, or ``(None, True)`` for
+    the carried state of a live profile."""
+    if data[:1] == CARRIED_TAG:
+        return None, True
+    return _HEADER.unpack_from(data, 1)
+
+
+def decode_tagged(data: bytes) -> tuple[ProfileState | None, dict | None]:
+    """A grouped value: ``(carried state, None)`` or ``(None, record)``."""
+    if data[:1] == CARRIED_TAG:
+        return decode_state(data[1:]), None
+    return None, decode_record(data[_BODY:])
 
 
 def carried_bytes(record: dict) -> bytes:

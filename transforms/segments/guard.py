@@ -17,7 +17,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms import progress
 from transforms.events.timestamps import format_timestamp
 from transforms.segments.carried_state import is_carried_state
-from transforms.segments.codecs import carried_bytes
+from transforms.segments.codecs import presence_of
 from transforms.segments.memberships import (
     mass_exit_counts,
 )
@@ -150,17 +150,8 @@ def check_mass_exit(
     )
 
 
-def presence(element: tuple[str, dict]) -> tuple[str, tuple[int | None, bool]]:
-    key, record = element
-    if is_carried_state(record):
-        # (None, live): the profile's state before the run, not a snapshot's record.
-        carried_bytes(record)  # checks the tag
-        return key, (None, True)
-    return key, (record["snapshot_ms"], bool(record.get("deleted", False)))
-
-
 class MassExitCountsFn(beam.DoFn):
-    """Per-bundle guard counts from ``(key, [(snapshot ms, deleted)])`` groups."""
+    """Per-bundle guard counts from the grouped values of each profile (their headers)."""
 
     def start_bundle(self) -> None:
         self._counts: dict[int, list[int]] = {}
@@ -174,7 +165,7 @@ class MassExitCountsFn(beam.DoFn):
             self._times = sorted(snapshots)
         presence = []
         live_before = False
-        for snapshot_ms, flag in element[1]:
+        for snapshot_ms, flag in map(presence_of, element[1]):
             if snapshot_ms is None:
                 live_before = live_before or flag  # a carried state: flag = live
             else:

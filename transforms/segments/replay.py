@@ -30,10 +30,10 @@ from transforms.events.timestamps import format_timestamp
 from transforms.metrics import METRICS_NAMESPACE
 from transforms.report.facts import CAUSE, bundle_facts, count_members, exit_cause
 from transforms.segments.codecs import (
-    CARRIED_TAG,
     carry,
     decode_record,
     decode_state,
+    decode_tagged,
     encode_record,
     encode_state,
 )
@@ -141,10 +141,11 @@ class BatchTransitionsFn(TransitionsFnBase):
         records = []
         initial = None
         for data in values:
-            if data[:1] == CARRIED_TAG:
-                initial = decode_state(data[1:])
+            carried, record = decode_tagged(data)
+            if record is None:
+                initial = carried
             else:
-                records.append(decode_record(data[1:]))
+                records.append(record)
         self._tally.counters["profiles_processed"] += 1
         progress.add("profiles")
         if snapshots is not self._times_for:

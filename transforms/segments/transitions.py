@@ -60,9 +60,6 @@ from transforms.segments.guard import (
     check_bad_records,
     check_mass_exit,
 )
-from transforms.segments.guard import (
-    presence as profile_presence,
-)
 from transforms.segments.hold import MassExitGuardFn, ReleaseExitsFn, incomplete_marker
 from transforms.segments.replay import (
     DEAD,
@@ -184,13 +181,16 @@ class ComputeSegmentTransitions(beam.PTransform):
         # The guard only needs which snapshots each profile is in: a light pass whose
         # verdict is a side input of the replay, so no transition exists (and nothing
         # downstream starts) before it passed.
-        presence = records | "ProfilePresence" >> beam.Map(profile_presence)
-        grouped = records | "EncodeRecords" >> beam.Map(encode_keyed).with_output_types(
-            tuple[str, bytes]
+        # One shuffle for both passes: the guard reads each profile's presence from the
+        # grouped values' headers, and the replay reads the same groups once the
+        # verdict (its side input) exists.
+        grouped = (
+            records
+            | "EncodeRecords" >> beam.Map(encode_keyed).with_output_types(tuple[str, bytes])
+            | "GroupByProfile" >> beam.GroupByKey()
         )
         guard_counts = (
-            presence
-            | "GroupPresence" >> beam.GroupByKey()
+            grouped
             | "CountAbsences" >> beam.ParDo(MassExitCountsFn(), snapshots)
             | "SumAbsences" >> beam.CombineGlobally(GuardCountsFn())
         )
@@ -208,17 +208,12 @@ class ComputeSegmentTransitions(beam.PTransform):
         incomplete = unreadable | "BadRecordsGuard" >> beam.Map(
             check_bad_records, self._max_bad_records
         )
-        outputs = (
-            grouped
-            | "GroupByProfile" >> beam.GroupByKey()
-            | "Replay"
-            >> beam.ParDo(
-                BatchTransitionsFn(config, self._carry_states, self._report),
-                snapshots,
-                AsSingleton(verdict),
-                AsSingleton(incomplete),
-            ).with_outputs(DEAD, STATES, FACTS, main="transitions")
-        )
+        outputs = grouped | "Replay" >> beam.ParDo(
+            BatchTransitionsFn(config, self._carry_states, self._report),
+            snapshots,
+            AsSingleton(verdict),
+            AsSingleton(incomplete),
+        ).with_outputs(DEAD, STATES, FACTS, main="transitions")
         states = outputs[STATES] if self._carry_states else None
         facts = None
         if self._report:
