@@ -151,9 +151,14 @@ def test_throttling_storm_recovers_without_retry_storm(
     throttled = stats.injected[THROTTLE]
     times, sizes = stats.request_times, stats.entries_per_request
     # The storm hit, and the client backed off: it shrank its requests instead of
-    # re-sending 500 entries a time into the throttle.
+    # re-sending 500 entries a time into the throttle. How far it shrinks within the
+    # first 12 requests depends on how many throttled answers come back while other
+    # requests are in flight, i.e. on the machine's load: under load, minima of 51 (a
+    # full CI run, where a bound of 50 failed) and 87 were measured here. A fifth of a
+    # full request is still an unmistakable back-off; without one every request stays
+    # at 500.
     assert throttled >= 12, stats.injected
-    assert min(sizes[:12]) <= 50, sizes
+    assert min(sizes[:12]) <= 100, sizes
     # No retry storm: few requests per delivered event, and each entry re-sent about
     # once per throttling only.
     assert stats.put_records_requests <= 0.02 * total, stats.put_records_requests
