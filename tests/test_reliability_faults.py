@@ -151,14 +151,14 @@ def test_throttling_storm_recovers_without_retry_storm(
     throttled = stats.injected[THROTTLE]
     times, sizes = stats.request_times, stats.entries_per_request
     # The storm hit, and the client backed off: it shrank its requests instead of
-    # re-sending 500 entries a time into the throttle. How far it shrinks within the
-    # first 12 requests depends on how many throttled answers come back while other
-    # requests are in flight, i.e. on the machine's load: under load, minima of 51 (a
-    # full CI run, where a bound of 50 failed) and 87 were measured here. A fifth of a
-    # full request is still an unmistakable back-off; without one every request stays
-    # at 500.
+    # re-sending 500 entries a time into the throttle: into the storm's 12 requests it
+    # offered well under 12 full requests' worth (6,000). How small single requests get
+    # depends on when throttled answers come back while others are in flight, i.e. on
+    # the machine's load: smallest requests of 27 to 115 entries, and 1,309 to 2,924
+    # entries offered in all, were measured here. So the test bounds the total.
     assert throttled >= 12, stats.injected
-    assert min(sizes[:12]) <= 100, sizes
+    offered = sum(sizes[:12])
+    assert offered <= 0.7 * 12 * 500, sizes
     # No retry storm: few requests per delivered event, and each entry re-sent about
     # once per throttling only.
     assert stats.put_records_requests <= 0.02 * total, stats.put_records_requests
@@ -170,7 +170,8 @@ def test_throttling_storm_recovers_without_retry_storm(
     tail_entries = sum(sizes[full[0] :])
     tail_seconds = max(times[-1] - times[full[0]], 0.1)
     print(
-        f"storm: {stats.put_records_requests} requests, {stats.put_records_entries} entries "
+        f"storm: {offered} entries in the storm's 12 requests; "
+        f"{stats.put_records_requests} requests, {stats.put_records_entries} entries "
         f"for {total} events, {throttled} throttled, smallest request {min(sizes)}, "
         f"full speed again after {times[full[0]] - times[0]:.1f} s, then "
         f"{tail_entries / tail_seconds:.0f} records/s"
