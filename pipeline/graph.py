@@ -163,7 +163,7 @@ def build_pipeline(
     if settings.dead_letter_path:
         _ = (
             all_dead_letters
-            | "EncodeDeadLetters" >> beam.Map(_encode_dead_letter)
+            | "EncodeDeadLetters" >> beam.Map(encode_dead_letter)
             | "WriteDeadLetterFiles"
             >> (
                 WriteFilePerBundle(settings.dead_letter_path)
@@ -187,5 +187,6 @@ def _record_fact(element: tuple[str, dict]):
         yield ("snapshot", snapshot_ms, "records"), 1
 
 
-def _encode_dead_letter(record: dict) -> str:
+def encode_dead_letter(record: dict) -> str:
+    """One dead-letter line: JSON with sorted keys (also used by ``replay``)."""
     return json.dumps(record, ensure_ascii=False, sort_keys=True, default=str)

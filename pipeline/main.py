@@ -105,7 +105,7 @@ def _run(settings: JobSettings, config: ActivationConfig, options: PipelineOptio
         return EXIT_FAILED
     except Exception as err:  # noqa: BLE001 - the one place that turns failures into a line
         _LOGGER.debug("pipeline failed", exc_info=True)
-        print(f"error: the pipeline failed: {_one_line(err)}", file=sys.stderr)
+        print(f"error: the pipeline failed: {one_line(err)}", file=sys.stderr)
         report = write_failure_report()
         if report:
             print(f"  the full traceback is in {report}", file=sys.stderr)
@@ -142,7 +142,7 @@ def finish_report(
         )
         json_path, html_path = write_report(settings.report_path or "", report)
     except (OSError, ValueError) as err:
-        print(f"error: the report could not be written: {_one_line(err)}", file=sys.stderr)
+        print(f"error: the report could not be written: {one_line(err)}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         remove_facts(prefix)
@@ -280,7 +280,7 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
             "--report applies to batch runs (a streaming run logs one line per snapshot "
             "with its event count instead)"
         )
-    region = opts.kinesis_region or (_default_region() if opts.kinesis_stream else None)
+    region = opts.kinesis_region or (default_region() if opts.kinesis_stream else None)
     if opts.kinesis_stream and not region:
         raise UsageError("--kinesis_region is required with --kinesis_stream (or set AWS_REGION)")
     if opts.kinesis_max_records_per_second is not None and opts.kinesis_max_records_per_second <= 0:
@@ -566,7 +566,7 @@ def _watch_interval(flag: float | None, streaming: bool) -> float | None:
     return flag if flag is not None else DEFAULT_WATCH_INTERVAL_SECONDS
 
 
-def _default_region() -> str | None:
+def default_region() -> str | None:
     """The region of the AWS default chain (AWS_REGION, AWS_DEFAULT_REGION, profile)."""
     for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
         if os.environ.get(name):
@@ -579,7 +579,7 @@ def _default_region() -> str | None:
         return None
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     """The most specific line of a (possibly runner-wrapped) exception message."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     if not lines:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 import sys
@@ -36,12 +35,15 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.textio import WriteToText
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+from pipeline.graph import encode_dead_letter
 from pipeline.main import (
     EXIT_FAILED,
     EXIT_USAGE,
     absolute_path,
     configure_logging,
+    default_region,
     job_counters,
+    one_line,
     write_failure_report,
 )
 from pipeline.options import SegmentEventsOptions
@@ -52,7 +54,7 @@ from pipeline.outputs import (
     temp_folders,
 )
 from pipeline.runners import LOCAL_RUNNER_NAMES, OfflineDirectRunner
-from transforms.beam_internals import STEP_ANNOTATION, all_options_classes
+from transforms.beam_internals import all_options_classes
 from transforms.kinesis.batching import DEFAULT_MAX_RECORD_BYTES
 from transforms.kinesis.client import StreamCheckError, check_stream, make_kinesis_client
 from transforms.kinesis.replay import (
@@ -122,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except BeamIOError as err:
-        print(f"error: cannot read the dead letters: {_one_line(err)}", file=sys.stderr)
+        print(f"error: cannot read the dead letters: {one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     if scan.letters == 0:
         print(f"Nothing to replay: the files under {settings.dead_letter_path} hold no letters.")
@@ -146,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except Exception as err:  # noqa: BLE001 - the one place that turns failures into a line
         _LOGGER.debug("replay failed", exc_info=True)
-        print(f"error: the replay failed: {_one_line(err)}", file=sys.stderr)
+        print(f"error: the replay failed: {one_line(err)}", file=sys.stderr)
         report = write_failure_report()
         if report:
             print(f"  the full traceback is in {report}", file=sys.stderr)
@@ -190,7 +192,7 @@ def parse_args(argv: Sequence[str]) -> tuple[ReplaySettings, PipelineOptions]:
         )
     if not args.kinesis_stream:
         raise ReplayUsageError("--kinesis_stream is required: the stream to send to")
-    region = args.kinesis_region or _default_region()
+    region = args.kinesis_region or default_region()
     if not region:
         raise ReplayUsageError("--kinesis_region is required (or set AWS_REGION)")
     if args.kinesis_max_records_per_second is not None and args.kinesis_max_records_per_second <= 0:
@@ -291,11 +293,6 @@ def build_replay(pipeline: beam.Pipeline, settings: ReplaySettings, files: Seque
         | "WriteDeadLetterFiles"
         >> WriteToText(settings.new_dead_letter_path, file_name_suffix=".jsonl", skip_if_empty=True)
     )
-
-
-def encode_dead_letter(record: dict) -> str:
-    """One dead-letter line, encoded as the job encodes its own (keys sorted)."""
-    return json.dumps(record, ensure_ascii=False, sort_keys=True, default=str)
 
 
 def run_replay(
@@ -444,24 +441,3 @@ def _parser() -> argparse.ArgumentParser:
         help="Do not describe the stream from this machine first. Default: off.",
     )
     return parser
-
-
-def _default_region() -> str | None:
-    """The region of the AWS default chain (AWS_REGION, AWS_DEFAULT_REGION, profile)."""
-    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
-        if os.environ.get(name):
-            return os.environ[name]
-    try:
-        import boto3
-
-        return boto3.session.Session().region_name
-    except Exception:  # noqa: BLE001 - no usable AWS config is simply "no region"
-        return None
-
-
-def _one_line(err: BaseException) -> str:
-    """The most specific line of a (possibly runner-wrapped) exception message."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    if not lines:
-        return type(err).__name__
-    return STEP_ANNOTATION.sub("", lines[-1]) or lines[-1]
