@@ -17,8 +17,9 @@ from transforms.files import WriteFilePerBundle
 from transforms.kinesis.sink import WriteToKinesisStream
 from transforms.report.facts import SumReportFacts, dead_letter_facts
 from transforms.segments.carried_state import WriteCarriedStates
+from transforms.segments.codecs import ShuffleCodec
 from transforms.segments.transitions import ComputeSegmentTransitions
-from transforms.snapshots.read import ReadSnapshots, SnapshotFile
+from transforms.snapshots.read import ReadSnapshots, SnapshotFile, match_snapshot_files
 from transforms.snapshots.watch import DEFAULT_WATCH_INTERVAL_SECONDS, WatchSnapshots
 
 
@@ -79,7 +80,8 @@ def build_pipeline(
 
     Returns:
         The main PCollections by name (``records``, ``transitions``, ``events``,
-        ``dead_letters``), for tests to assert on.
+        ``dead_letters``), for tests to assert on. In batch, ``records`` are
+        ``(profile key, bytes)`` encoded for the shuffle (see ``ReadSnapshots``).
     """
     if settings.streaming:
         read = pipeline | "WatchSnapshots" >> WatchSnapshots(
@@ -89,14 +91,23 @@ def build_pipeline(
             settings.watch_interval or DEFAULT_WATCH_INTERVAL_SECONDS,
             settings.max_watch_seconds,
         )
+        codec = None
     else:
+        files = settings.files
+        if files is None:
+            files = match_snapshot_files(settings.inputs, False, settings.snapshot_time_field)
+            files += match_snapshot_files(settings.baseline, True, settings.snapshot_time_field)
+        # The read step encodes each record for the transitions' shuffle as it parses
+        # it, with the run's files and mapped segments as small ints.
+        codec = ShuffleCodec(config, [f.path for f in files])
         read = pipeline | "ReadSnapshots" >> ReadSnapshots(
             settings.inputs,
             config,
             settings.baseline,
             settings.snapshot_time_field,
-            files=settings.files,
+            files=files,
             carried_states=settings.seed_state_pattern,
+            codec=codec,
         )
     transitions = read["records"] | "ComputeTransitions" >> ComputeSegmentTransitions(
         config,
@@ -108,6 +119,8 @@ def build_pipeline(
         max_bad_records=settings.max_bad_records,
         report=settings.report_facts_prefix is not None,
         dry_run=settings.dry_run,
+        codec=codec,
+        snapshot_counts=read.get("snapshots"),
     )
     if settings.state_output_prefix:
         _ = transitions.states | "WriteCarriedStates" >> WriteCarriedStates(
@@ -119,7 +132,7 @@ def build_pipeline(
             config, report_facts=True
         )
         facts = [transitions.report_facts, format_facts]
-        facts.append(read["records"] | "CountSnapshotRecords" >> beam.FlatMap(_record_fact))
+        facts.append(read["snapshots"] | "CountSnapshotRecords" >> beam.Map(_record_fact))
     else:
         events = transitions.transitions | "FormatEvents" >> FormatSegmentEvents(config)
     dead_letters = [read["dead_letters"], transitions.dead_letters]
@@ -181,10 +194,9 @@ def build_pipeline(
     }
 
 
-def _record_fact(element: tuple[str, dict]):
-    snapshot_ms = element[1].get("snapshot_ms")
-    if snapshot_ms is not None:  # carried states of a split backfill have none
-        yield ("snapshot", snapshot_ms, "records"), 1
+def _record_fact(element: tuple[int, bool, int]) -> tuple[tuple, int]:
+    snapshot_ms, _, records = element
+    return ("snapshot", snapshot_ms, "records"), records
 
 
 def encode_dead_letter(record: dict) -> str:

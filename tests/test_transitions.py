@@ -14,7 +14,14 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.runners import OfflineDirectRunner
 from transforms.config import parse_config
-from transforms.segments.codecs import decode_record, decode_state, encode_record, encode_state
+from transforms.segments.codecs import (
+    ShuffleCodec,
+    decode_record,
+    decode_state,
+    encode_record,
+    encode_state,
+    presence_of,
+)
 from transforms.segments.guard import check_mass_exit
 from transforms.segments.state import (
     ProfileState,
@@ -255,3 +262,31 @@ def test_record_encoding_round_trips(record):
     assert decode_record(data) == record
     # Smaller than the same dict in the runner's default encoding (no field names).
     assert len(data) < len(FastPrimitivesCoder().encode(record))
+
+
+_SHUFFLE_RECORDS = [
+    rec(T1, {"ups": {"a": ["realized", 1], "b": ["existing", None]}, "ext": {"x": ["exited", 5]}}),
+    rec(T2, deleted=True, baseline=True, identities={}),
+    {**rec(T3, attributes={"a.b": [1, {"c": None}], "d": 1.5}), "keep": True},
+    # A segment outside the table and a file outside the list are kept by name.
+    rec(T4, {"other": {"z": ["realized", 2]}}, file="elsewhere/part-9.json"),
+]
+
+
+@pytest.mark.parametrize("record", _SHUFFLE_RECORDS)
+def test_shuffle_values_round_trip(record):
+    files = [f"snapshot={t}/part-0.json" for t in (T1, T2, T3, T4)]
+    codec = ShuffleCodec(CONFIG, files)
+    data = codec.encode(record)
+    assert codec.decode(data) == (None, record)
+    assert presence_of(data) == (record["snapshot_ms"], record["deleted"])
+    # Mapped segments and listed files travel as small ints, not names.
+    assert b"part-0" not in data or record["file"] not in files
+    if "a" in record["segments"].get("ups", {}):
+        assert len(data) < len(encode_record(record)) - len("snapshot=0/part-0.json")
+
+
+def test_a_config_mapping_every_segment_still_round_trips():
+    codec = ShuffleCodec(parse_config({"segments": "*"}))
+    record = _SHUFFLE_RECORDS[0]
+    assert codec.decode(codec.encode(record)) == (None, record)

@@ -193,14 +193,38 @@ class SnapshotTimesFn(beam.CombineFn):
         return accumulator
 
     def merge_accumulators(self, accumulators):
-        merged: dict[int, bool] = {}
-        for accumulator in accumulators:
-            for snapshot_ms, baseline in accumulator.items():
-                merged[snapshot_ms] = merged.get(snapshot_ms, False) or baseline
-        return merged
+        return _merge_times(accumulators)
 
     def extract_output(self, accumulator: dict[int, bool]) -> dict[int, bool]:
         return accumulator
+
+
+class SnapshotCountsFn(beam.CombineFn):
+    """``(snapshot ms, baseline, records)`` per file -> whether each snapshot time of a
+    batch run is a baseline snapshot (as :class:`SnapshotTimesFn`, from the read step's
+    counts instead of every record)."""
+
+    def create_accumulator(self) -> dict[int, bool]:
+        return {}
+
+    def add_input(self, accumulator: dict[int, bool], element: tuple) -> dict[int, bool]:
+        snapshot_ms, baseline, _ = element
+        accumulator[snapshot_ms] = accumulator.get(snapshot_ms, False) or bool(baseline)
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        return _merge_times(accumulators)
+
+    def extract_output(self, accumulator: dict[int, bool]) -> dict[int, bool]:
+        return accumulator
+
+
+def _merge_times(accumulators) -> dict[int, bool]:
+    merged: dict[int, bool] = {}
+    for accumulator in accumulators:
+        for snapshot_ms, baseline in accumulator.items():
+            merged[snapshot_ms] = merged.get(snapshot_ms, False) or baseline
+    return merged
 
 
 class GuardCountsFn(beam.CombineFn):

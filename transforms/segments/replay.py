@@ -30,10 +30,10 @@ from transforms.events.timestamps import format_timestamp
 from transforms.metrics import METRICS_NAMESPACE
 from transforms.report.facts import CAUSE, bundle_facts, count_members, exit_cause
 from transforms.segments.codecs import (
+    ShuffleCodec,
     carry,
     decode_record,
     decode_state,
-    decode_tagged,
     encode_record,
     encode_state,
 )
@@ -126,9 +126,14 @@ class BatchTransitionsFn(TransitionsFnBase):
     """
 
     def __init__(
-        self, config: ActivationConfig, carry_states: bool = False, report: bool = False
+        self,
+        config: ActivationConfig,
+        carry_states: bool = False,
+        report: bool = False,
+        codec: ShuffleCodec | None = None,
     ) -> None:
         super().__init__(config)
+        self._codec = codec or ShuffleCodec(config)
         self._carry_states = carry_states
         self._report = report
         self._facts: Counter = Counter()
@@ -140,8 +145,9 @@ class BatchTransitionsFn(TransitionsFnBase):
         key, values = element
         records = []
         initial = None
+        decode = self._codec.decode
         for data in values:
-            carried, record = decode_tagged(data)
+            carried, record = decode(data)
             if record is None:
                 initial = carried
             else:

@@ -9,7 +9,7 @@ Batch (``streaming=False``)::
     records --CombineGlobally--> snapshot times of the run ------------------(side input)
     records --(key, (T, deleted))--GroupByKey--> _MassExitCountsFn --> CombineGlobally
             --> check_mass_exit --> verdict (raises MassExitError) ----------(side input)
-    records --encode_record--> (key, bytes) --GroupByKey--> (key, its whole history)
+    records --ShuffleCodec--> (key, bytes) --GroupByKey--> (key, its whole history)
             --_BatchTransitionsFn--> transitions
 
   In a run of a split backfill (``--snapshots_per_run``) the states carried from the
@@ -17,7 +17,8 @@ Batch (``streaming=False``)::
   both groupings; the replay also emits the final states of live profiles for the next
   run (``carry_states``).
 
-  Records cross the GroupByKey as compact ``bytes`` (:func:`encode_record`): the local
+  Records cross the GroupByKey as compact ``bytes`` (:class:`ShuffleCodec`; the read
+  step encodes them itself when it is given the codec, see ``snapshot_counts``): the local
   runner holds a shuffle in memory as decoded values, and a dict tree per record costs
   several times its encoding. Each key arrives once with every record of the run; the
   replay walks the run's
@@ -49,13 +50,14 @@ from apache_beam.transforms.window import GlobalWindows
 
 from transforms.config import ActivationConfig
 from transforms.report.facts import FACTS
-from transforms.segments.codecs import encode_keyed
+from transforms.segments.codecs import ShuffleCodec
 from transforms.segments.guard import (
     BadRecordsError,
     CountUnreadableFn,
     GuardCountsFn,
     MassExitCountsFn,
     MassExitError,
+    SnapshotCountsFn,
     SnapshotTimesFn,
     check_bad_records,
     check_mass_exit,
@@ -130,6 +132,12 @@ class ComputeSegmentTransitions(beam.PTransform):
             the cause of each exit (``transition["exit_cause"]``).
         dry_run: Batch only: nothing will be sent, so the mass-exit guard does not
             stop the run; its counts go to the report, which shows the verdict.
+        codec: Batch only: how records cross the GroupByKey (made from the config when
+            not given); give the one the read step encoded with.
+        snapshot_counts: Batch only: ``(snapshot ms, baseline, records)`` per file, from
+            ``ReadSnapshots(codec=...)``. With it, the input records are already
+            ``(profile key, bytes)`` encoded by ``codec``, and the run's snapshot times
+            come from these counts instead of a pass over every record.
 
     Returns (from ``expand``):
         A :class:`TransitionsResult` with ``transitions`` and ``dead_letters``.
@@ -148,8 +156,14 @@ class ComputeSegmentTransitions(beam.PTransform):
         landed_snapshots: beam.PCollection | None = None,
         report: bool = False,
         dry_run: bool = False,
+        codec: ShuffleCodec | None = None,
+        snapshot_counts: beam.PCollection | None = None,
     ) -> None:
         super().__init__(label)
+        if streaming and (codec is not None or snapshot_counts is not None):
+            raise ValueError("encoded records only apply to batch runs")
+        self._codec = codec or ShuffleCodec(config)
+        self._snapshot_counts = snapshot_counts
         if streaming and carry_states:
             raise ValueError("carried states only apply to batch runs")
         if streaming and (report or dry_run):
@@ -175,20 +189,26 @@ class ComputeSegmentTransitions(beam.PTransform):
 
     def _expand_batch(self, records: beam.PCollection) -> TransitionsResult:
         config = self._config
-        snapshots = AsSingleton(
-            records | "SnapshotTimes" >> beam.CombineGlobally(SnapshotTimesFn())
-        )
+        if self._snapshot_counts is not None:
+            snapshots = AsSingleton(
+                self._snapshot_counts
+                | "SnapshotTimes" >> beam.CombineGlobally(SnapshotCountsFn())
+            )
+            encoded = records
+        else:
+            snapshots = AsSingleton(
+                records | "SnapshotTimes" >> beam.CombineGlobally(SnapshotTimesFn())
+            )
+            encoded = records | "EncodeRecords" >> beam.Map(
+                self._codec.encode_keyed
+            ).with_output_types(tuple[str, bytes])
         # The guard only needs which snapshots each profile is in: a light pass whose
         # verdict is a side input of the replay, so no transition exists (and nothing
         # downstream starts) before it passed.
         # One shuffle for both passes: the guard reads each profile's presence from the
         # grouped values' headers, and the replay reads the same groups once the
         # verdict (its side input) exists.
-        grouped = (
-            records
-            | "EncodeRecords" >> beam.Map(encode_keyed).with_output_types(tuple[str, bytes])
-            | "GroupByProfile" >> beam.GroupByKey()
-        )
+        grouped = encoded | "GroupByProfile" >> beam.GroupByKey()
         guard_counts = (
             grouped
             | "CountAbsences" >> beam.ParDo(MassExitCountsFn(), snapshots)
@@ -209,7 +229,7 @@ class ComputeSegmentTransitions(beam.PTransform):
             check_bad_records, self._max_bad_records
         )
         outputs = grouped | "Replay" >> beam.ParDo(
-            BatchTransitionsFn(config, self._carry_states, self._report),
+            BatchTransitionsFn(config, self._carry_states, self._report, self._codec),
             snapshots,
             AsSingleton(verdict),
             AsSingleton(incomplete),

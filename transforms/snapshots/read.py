@@ -34,7 +34,12 @@ from transforms import progress
 from transforms.config import ActivationConfig
 from transforms.events.timestamps import TimestampError, parse_timestamp
 from transforms.metrics import METRICS_NAMESPACE
-from transforms.segments.carried_state import CARRIED_STATE_FORMAT, carried_state_record
+from transforms.segments.carried_state import (
+    CARRIED_STATE_FORMAT,
+    carried_state_record,
+    is_carried_state,
+)
+from transforms.segments.codecs import ShuffleCodec, carried_bytes
 from transforms.snapshots.formats import file_format
 from transforms.snapshots.profiles import (
     RecordError,
@@ -46,6 +51,7 @@ from transforms.snapshots.snapshot_time import require_snapshot_time, snapshot_t
 
 _LOGGER = logging.getLogger(__name__)
 DEAD_LETTER_TAG = "dead_letter"
+SNAPSHOTS_TAG = "snapshots"
 
 # Markers and hidden files (Hadoop/Spark conventions) that a glob may match.
 _IGNORED_PREFIXES = ("_", ".")
@@ -154,6 +160,11 @@ class ReadSnapshots(beam.PTransform):
         carried_states: A glob of the profile states carried from the previous run of a
             split backfill (:mod:`transforms.segments.carried_state`). They come out among the
             records, as ``(profile key, carried state record)``.
+        codec: Batch: encode each record for the transitions' GroupByKey right where it
+            is parsed (:class:`transforms.segments.codecs.ShuffleCodec`), in the step
+            that reads its file. ``"records"`` are then ``(profile key, bytes)``, and a
+            third output, ``"snapshots"``, gives ``(snapshot ms, baseline, records)``
+            per file and snapshot time, for ``ComputeSegmentTransitions``.
 
     Every file goes through one read branch (one list, one reshuffle, one read and one
     parse step), whatever its format: the local runner materialises every multi-input
@@ -169,8 +180,11 @@ class ReadSnapshots(beam.PTransform):
         snapshot_time_field: str | None = None,
         files: Sequence[SnapshotFile] | None = None,
         carried_states: str | None = None,
+        *,
+        codec: ShuffleCodec | None = None,
     ) -> None:
         super().__init__()
+        self._codec = codec
         self._inputs = list(inputs)
         self._baseline = list(baseline)
         self._config = config
@@ -187,10 +201,23 @@ class ReadSnapshots(beam.PTransform):
         listed = [(f.path, f.format, f.baseline) for f in files]
         if self._carried_states:
             listed += [(path, CARRIED_STATE_FORMAT, False) for path in _match(self._carried_states)]
-        parsed = (
+        spread = (
             pbegin
             | "ListSnapshotFiles" >> beam.Create(listed)
             | "SpreadSnapshotFiles" >> beam.Reshuffle()
+        )
+        if self._codec is not None:
+            # One step per file: read, parse and encode, without a record PCollection.
+            encoded = spread | "ReadSnapshotFiles" >> beam.ParDo(
+                _ReadEncodeFn(self._config, self._field, self._codec)
+            ).with_outputs(DEAD_LETTER_TAG, SNAPSHOTS_TAG, main="records")
+            return {
+                "records": encoded.records,
+                "dead_letters": encoded[DEAD_LETTER_TAG],
+                "snapshots": encoded[SNAPSHOTS_TAG],
+            }
+        parsed = (
+            spread
             | "ReadSnapshotFiles" >> beam.ParDo(_ReadFileFn())
             | "ParseSnapshotRecords"
             >> beam.ParDo(_ParseRecordFn(None, False, self._config, self._field)).with_outputs(
@@ -256,21 +283,31 @@ class _ReadFileFn(beam.DoFn):
             path, fmt, _ = element
         else:
             path, fmt = element, self._format
+        for raw in _read_records(path, fmt):
+            yield element, raw
+
+
+def _read_records(path: str, fmt: str) -> Iterator[Any]:
+    """The raw records of one file (see :class:`_ReadFileFn`).
+
+    Raises:
+        InputFileError: The file cannot be opened or decoded.
+    """
+    try:
+        handle = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    except Exception as err:  # noqa: BLE001 - filesystems raise many kinds
+        raise InputFileError(f"{path}: cannot open the file: {_detail(err)}") from None
+    kind = "gzip" if fmt == "json" and path.lower().endswith(".gz") else fmt
+    with handle:
         try:
-            handle = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-        except Exception as err:  # noqa: BLE001 - filesystems raise many kinds
-            raise InputFileError(f"{path}: cannot open the file: {_detail(err)}") from None
-        kind = "gzip" if fmt == "json" and path.lower().endswith(".gz") else fmt
-        with handle:
-            try:
-                for raw in _RECORD_READERS[fmt](handle, path):
-                    yield element, raw
-            except Exception as err:  # noqa: BLE001 - fastavro, pyarrow, gzip raise many kinds
-                # Only this file's decoding fails here: an error of a downstream step is
-                # raised where it happens, never into this generator.
-                raise InputFileError(
-                    f"{path}: corrupt or truncated {kind} file: {_detail(err)}"
-                ) from None
+            yield from _RECORD_READERS[fmt](handle, path)
+        except Exception as err:  # noqa: BLE001 - fastavro, pyarrow, gzip raise many kinds
+            # Only this file's decoding fails here: an error raised where a record is
+            # used (in the caller's loop, or a downstream step) never enters this
+            # generator.
+            raise InputFileError(
+                f"{path}: corrupt or truncated {kind} file: {_detail(err)}"
+            ) from None
 
 
 def _json_lines(handle: Any, path: str) -> Iterator[bytes]:
@@ -341,6 +378,10 @@ class _ParseRecordFn(beam.DoFn):
         else:
             path, fmt = source, self._format
             baseline = self._baseline or path in self._baseline_paths
+        return self._parse(path, fmt, baseline, raw)
+
+    def _parse(self, path: str, fmt: str, baseline: bool, raw: Any):
+        """``(key, record)`` and/or a dead letter (``TaggedOutput``) for one raw record."""
         if fmt == CARRIED_STATE_FORMAT:
             yield carried_state_record(raw)
             return
@@ -409,6 +450,42 @@ class _ParseRecordFn(beam.DoFn):
                 "path carries no date"
             )
         return resolved
+
+
+class _ReadEncodeFn(_ParseRecordFn):
+    """Reads, parses and encodes one file: ``(path, format, baseline)`` ->
+    ``(profile key, grouped value bytes)``, dead letters, and per snapshot time of the
+    file ``(snapshot ms, baseline, records)`` on ``SNAPSHOTS_TAG``.
+
+    The same records, dead letters and counters as :class:`_ReadFileFn` followed by
+    :class:`_ParseRecordFn`, in one step: no element per raw record between them, and
+    no pass over the records to find the run's snapshot times.
+    """
+
+    def __init__(
+        self, config: ActivationConfig, snapshot_time_field: str | None, codec: ShuffleCodec
+    ) -> None:
+        super().__init__(None, False, config, snapshot_time_field)
+        self._codec = codec
+
+    def process(self, element: tuple[str, str, bool]):
+        path, fmt, baseline = element
+        encode = self._codec.encode
+        counts: dict[int, int] = {}
+        for raw in _read_records(path, fmt):
+            for out in self._parse(path, fmt, baseline, raw):
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    yield out
+                    continue
+                key, record = out
+                if is_carried_state(record):
+                    yield key, carried_bytes(record)
+                    continue
+                snapshot_ms = record["snapshot_ms"]
+                counts[snapshot_ms] = counts.get(snapshot_ms, 0) + 1
+                yield key, encode(record)
+        for snapshot_ms, records in counts.items():
+            yield beam.pvalue.TaggedOutput(SNAPSHOTS_TAG, (snapshot_ms, baseline, records))
 
 
 def _maps_to_dicts(value: Any) -> Any:
