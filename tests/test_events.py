@@ -625,3 +625,95 @@ def test_a_superscript_digit_is_a_bad_timestamp_not_a_crash():
 
     with pytest.raises(TimestampError):
         parse_timestamp("²")
+
+
+def _model_event(key: str, transition: dict, config: ActivationConfig) -> bytes:
+    """The event as one dict encoded whole by json.dumps (the plain definition of §5)."""
+    mappings = {(m.namespace, m.id): m for m in config.segments or ()}
+    memberships: dict = {}
+    for namespace, by_id in transition["segments"].items():
+        for seg_id, (status, qualified) in by_id.items():
+            if not config.is_mapped(namespace, seg_id):
+                continue
+            stamp = transition["snapshot_ms"] if qualified is None else qualified
+            item = {
+                "status": status,
+                "lastQualificationTime": dt.datetime.fromtimestamp(stamp // 1000, dt.UTC).strftime(
+                    "%Y-%m-%dT%H:%M:%SZ"
+                ),
+            }
+            mapping = mappings.get((namespace, seg_id))
+            if mapping is not None and config.include_segment_names and mapping.name:
+                item["name"] = mapping.name
+            if mapping is not None and config.include_segment_timestamps:
+                item.update(mapping.timestamps)
+            memberships.setdefault(namespace, {})[seg_id] = item
+    payload: dict = {}
+    for path in config.attributes:
+        if transition["attributes"].get(path) is not None:
+            *parents, leaf = path.split(".")
+            node = payload
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = transition["attributes"][path]
+    payload["segmentMembership"] = memberships
+    payload["identityMap"] = {
+        ns: [{"id": i} for i in dict.fromkeys(ids)]
+        for ns, ids in sorted(transition["identities"].items())
+    }
+
+    def encode(value: dict) -> bytes:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+
+    if config.event_id:
+        payload["eventId"] = event_id_for(key, transition["snapshot_ms"], encode(payload))
+    return encode(payload)
+
+
+# Names and ids that could fool a template: quotes, the template's own marker and key,
+# backslashes, non-ASCII, control characters.
+_HOSTILE = st.sampled_from(
+    ['a', 'b"c', "LQT", '"lastQualificationTime":"LQT"', "x\\y", "Zoë", "tab\there", "ß", "_"]
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["ups", 'n"s', "é"]), _HOSTILE), min_size=1, max_size=5),
+    st.dictionaries(
+        st.tuples(st.sampled_from(["ups", 'n"s', "é", "other"]), _HOSTILE),
+        st.tuples(
+            st.sampled_from(["realized", "existing", "exited"]),
+            st.one_of(st.none(), st.integers(0, 7_258_118_400_000)),
+        ),
+        max_size=6,
+    ),
+    st.dictionaries(st.sampled_from(["a.b", "c", "person.name", "z.y.x"]), _HOSTILE, max_size=3),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+)
+def test_bytes_equal_the_whole_dict_encoding(mapped, segs, attrs, names, stamps, event_id):
+    config = parse_config(
+        {
+            "segments": [
+                {"namespace": ns, "id": seg_id, "name": f'{seg_id} "n"', "createdAt": 5}
+                for ns, seg_id in dict.fromkeys(mapped)
+            ],
+            "attributes": ["a.b", "c", "person.name", "z.y.x"],
+            "include_segment_names": names,
+            "include_segment_timestamps": stamps,
+            "event_id": event_id,
+            "send_without_identity": True,
+        }
+    )
+    segments: dict = {}
+    for (ns, seg_id), (status, qualified) in segs.items():
+        segments.setdefault(ns, {})[seg_id] = [status, qualified]
+    transition = {
+        "snapshot_ms": T,
+        "segments": segments,
+        "identities": {"ecid": ['1"2', "3"], "crm": ["Zoë"]},
+        "attributes": attrs,
+    }
+    assert format_event(KEY, transition, config) == _model_event(KEY, transition, config)

@@ -113,7 +113,8 @@ class Formatted(NamedTuple):
     Attributes:
         data: The event bytes.
         statuses: The status of each segment entry in it (for metrics).
-        memberships: Its ``segmentMembership`` object.
+        memberships: Its ``segmentMembership`` entries' statuses,
+            ``{namespace: {segment id: status}}``.
         identity_map: Its ``identityMap`` object.
     """
 
@@ -121,6 +122,14 @@ class Formatted(NamedTuple):
     statuses: list[str]
     memberships: dict
     identity_map: dict
+
+
+# One encoder for every event: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+# Stands for the lastQualificationTime in a segment entry's template; the key before it
+# makes the split point unique (a quote inside a name or id is escaped).
+_TIME_MARK = "LQT"
+_TIME_ANCHOR = '"lastQualificationTime":"' + _TIME_MARK + '"'
 
 
 class EventFormatter:
@@ -136,6 +145,11 @@ class EventFormatter:
         for parts in paths:
             if any(parts[:length] in paths for length in range(1, len(parts))):
                 raise EventFormatError(f"attribute paths conflict at {'.'.join(parts)!r}")
+            if parts[0] in ("segmentMembership", "identityMap", "eventId"):
+                raise EventFormatError(f"attribute path {'.'.join(parts)!r} is reserved")
+        # (namespace, segment id, status) -> the JSON of '"<id>":{...}' around its time.
+        self._templates: dict[tuple[str, str, str], tuple[str, str]] = {}
+        self._names: dict[str, str] = {}
 
     def format(self, profile_key: str, transition: dict) -> bytes:
         """The event bytes of a transition; see :func:`format_event`."""
@@ -170,44 +184,96 @@ class EventFormatter:
             raise EventFormatError(str(err)) from None
         if not identity_map and not keep_without_identity:
             return None
-        memberships, statuses = self._memberships(segments, snapshot_ms)
-        payload = self._attributes(attributes)
-        payload["segmentMembership"] = memberships
-        payload["identityMap"] = identity_map
-        data = _encode(payload)
+        memberships, statuses, membership_json = self._memberships(segments, snapshot_ms)
+        # The event is the JSON of a dict with sorted keys; its top-level values are
+        # encoded one by one so that the eventId (a hash of the event without it) is
+        # spliced in at its sorted place instead of encoding the event twice.
+        members = dict(self._attributes(attributes))
+        members["segmentMembership"] = None
+        members["identityMap"] = None
+        keys = sorted(members)
+        values = {
+            key: (
+                membership_json
+                if key == "segmentMembership"
+                else _ENCODER.encode(identity_map if key == "identityMap" else members[key])
+            )
+            for key in keys
+        }
+        data = self._encode_object(keys, values)
         if self._config.event_id:
-            payload["eventId"] = event_id_for(profile_key, snapshot_ms, data)
-            data = _encode(payload)
+            values["eventId"] = '"' + event_id_for(profile_key, snapshot_ms, data) + '"'
+            data = self._encode_object(sorted(values), values)
         return Formatted(data, statuses, memberships, identity_map)
 
-    def _memberships(self, segments: dict, snapshot_ms: int) -> tuple[dict, list[str]]:
+    def _memberships(self, segments: dict, snapshot_ms: int) -> tuple[dict, list[str], str]:
+        """The statuses and the ``segmentMembership`` JSON of a transition's segments."""
         config = self._config
-        memberships: dict[str, dict[str, dict[str, Any]]] = {}
+        memberships: dict[str, dict[str, str]] = {}
+        fragments: dict[str, dict[str, str]] = {}
         statuses = []
         for namespace, by_id in segments.items():
             if not isinstance(by_id, dict):
                 raise EventFormatError(f"transition segments.{namespace} is not an object")
             for seg_id, entry in by_id.items():
-                # Only mapped segments are ever sent (docs/contract.md §3), even if state from an
-                # earlier config still holds others.
+                # Only mapped segments are ever sent (docs/contract.md §3), even if state
+                # from an earlier config still holds others.
                 if not config.is_mapped(namespace, seg_id):
                     continue
                 status, qualified = _status_and_time(namespace, seg_id, entry)
-                item: dict[str, Any] = {
-                    "status": status,
-                    "lastQualificationTime": format_timestamp(
-                        snapshot_ms if qualified is None else qualified
-                    ),
-                }
-                mapping = self._mappings.get((namespace, seg_id))
-                if mapping is not None:
-                    if config.include_segment_names and mapping.name is not None:
-                        item["name"] = mapping.name
-                    if config.include_segment_timestamps:
-                        item.update(mapping.timestamps)
-                memberships.setdefault(namespace, {})[seg_id] = item
+                template = self._templates.get((namespace, seg_id, status))
+                if template is None:
+                    template = self._template(namespace, seg_id, status)
+                time = format_timestamp(snapshot_ms if qualified is None else qualified)
+                fragments.setdefault(namespace, {})[seg_id] = template[0] + time + template[1]
+                memberships.setdefault(namespace, {})[seg_id] = status
                 statuses.append(status)
-        return memberships, statuses
+        encoded = ",".join(
+            self._name(namespace)
+            + ":{"
+            + ",".join(items[seg_id] for seg_id in sorted(items))
+            + "}"
+            for namespace, items in sorted(fragments.items())
+        )
+        return memberships, statuses, "{" + encoded + "}"
+
+    def _template(self, namespace: str, seg_id: str, status: str) -> tuple[str, str]:
+        """The JSON of one segment entry, split around its lastQualificationTime."""
+        config = self._config
+        item: dict[str, Any] = {"status": status, "lastQualificationTime": _TIME_MARK}
+        mapping = self._mappings.get((namespace, seg_id))
+        if mapping is not None:
+            if config.include_segment_names and mapping.name is not None:
+                item["name"] = mapping.name
+            if config.include_segment_timestamps:
+                item.update(mapping.timestamps)
+        before, after = _ENCODER.encode(item).split(_TIME_ANCHOR)
+        template = (
+            self._name(seg_id) + ":" + before + '"lastQualificationTime":"',
+            '"' + after,
+        )
+        if len(self._templates) < 100_000:  # a bound for configs mapping every segment
+            self._templates[(namespace, seg_id, status)] = template
+        return template
+
+    def _encode_object(self, keys: list[str], values: dict[str, str]) -> bytes:
+        """The JSON object of already encoded values, in the order of ``keys``."""
+        name = self._name
+        text = "{" + ",".join([name(key) + ":" + values[key] for key in keys]) + "}"
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            # Only a lone surrogate (e.g. "\ud800" in JSON input) cannot be UTF-8.
+            raise EventFormatError("the event holds a string that is not valid Unicode") from None
+
+    def _name(self, key: str) -> str:
+        """A key as a JSON string (cached: the same few namespaces and segment ids)."""
+        encoded = self._names.get(key)
+        if encoded is None:
+            encoded = _ENCODER.encode(key)
+            if len(self._names) < 100_000:
+                self._names[key] = encoded
+        return encoded
 
     def _attributes(self, attributes: dict) -> dict[str, Any]:
         payload: dict[str, Any] = {}
@@ -259,6 +325,7 @@ class _FormatEventFn(beam.DoFn):
         self._config = config
         self._report_facts = report_facts
         self._facts: Counter = Counter()
+        self._counts: Counter = Counter()
         self._formatter: EventFormatter | None = None
         self._formatted = Metrics.counter(METRICS_NAMESPACE, "events_formatted")
         self._excluded = Metrics.counter(METRICS_NAMESPACE, "events_excluded_no_identity")
@@ -270,6 +337,10 @@ class _FormatEventFn(beam.DoFn):
     def setup(self) -> None:
         # Built on the worker: the lookups need not travel with the pickled DoFn.
         self._formatter = EventFormatter(self._config)
+
+    def start_bundle(self) -> None:
+        # Counted per bundle, flushed once: a counter update costs about a microsecond.
+        self._counts: Counter = Counter()
 
     def process(self, element: tuple[str, dict]) -> Iterable[tuple[str, bytes]]:
         profile_key, transition = element
@@ -289,10 +360,11 @@ class _FormatEventFn(beam.DoFn):
                     self._facts, transition["snapshot_ms"], transition.get("identities") or {}
                 )
             return
-        self._formatted.inc()
+        counts = self._counts
+        counts[None] += 1
         progress.add_event(transition["snapshot_ms"])
         for status in formatted.statuses:
-            self._by_status[status].inc()
+            counts[status] += 1
         if self._report_facts:
             count_event(
                 self._facts,
@@ -304,6 +376,9 @@ class _FormatEventFn(beam.DoFn):
         yield partition_key_for(profile_key), formatted.data
 
     def finish_bundle(self):
+        for status, count in self._counts.items():
+            (self._formatted if status is None else self._by_status[status]).inc(count)
+        self._counts.clear()
         if self._facts:
             yield from bundle_facts(self._facts)
 
@@ -367,12 +442,3 @@ def _json_value(value: Any, path: str) -> Any:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return base64.b64encode(bytes(value)).decode("ascii")
     raise EventFormatError(f"attribute {path!r} has a value of type {type(value).__name__}")
-
-
-def _encode(payload: dict) -> bytes:
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        # Only a lone surrogate (e.g. "\ud800" in JSON input) cannot be UTF-8.
-        raise EventFormatError("the event holds a string that is not valid Unicode") from None

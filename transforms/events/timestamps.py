@@ -42,6 +42,8 @@ def parse_timestamp(value: object) -> int:
     Raises:
         TimestampError: The value is not an accepted form.
     """
+    if type(value) is str:  # the common case first: one check, then the cache
+        return _parse_text(value)
     if isinstance(value, bool):
         raise TimestampError(f"not a timestamp: {value!r}")
     if isinstance(value, int):

@@ -74,15 +74,17 @@ def count_members(facts: Counter, snapshot_ms: int, memberships: Mapping[str, Ma
 def count_event(
     facts: Counter,
     snapshot_ms: int,
-    memberships: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    memberships: Mapping[str, Mapping[str, str]],
     identity_map: Mapping[str, list],
     cause: str | None,
 ) -> None:
-    """Counts one formatted event: its entries, its exits (by cause), its identities."""
+    """Counts one formatted event: its entries, its exits (by cause), its identities.
+
+    ``memberships`` are the event's segment entries' statuses (``Formatted.memberships``).
+    """
     facts[("snapshot", snapshot_ms, "events")] += 1
     for namespace, by_id in memberships.items():
-        for seg_id, item in by_id.items():
-            status = item["status"]
+        for seg_id, status in by_id.items():
             if status == "realized":
                 facts[("segment", snapshot_ms, namespace, seg_id, "realized")] += 1
             elif status == "exited":

@@ -185,6 +185,7 @@ def _segments(membership: Any, config: ActivationConfig) -> dict[str, dict[str, 
         return {}
     if not isinstance(membership, dict):
         raise RecordError("segmentMembership is not a map of namespace -> segments")
+    is_mapped = config.is_mapped
     segments: dict[str, dict[str, list]] = {}
     for namespace, by_id in membership.items():
         if by_id is None:
@@ -208,8 +209,11 @@ def _segments(membership: Any, config: ActivationConfig) -> dict[str, dict[str, 
                 ) from None
             # Validate every segment, but keep only the mapped ones: unmapped segments
             # never produce events and would only cost state.
-            if config.is_mapped(namespace, seg_id):
-                segments.setdefault(namespace, {})[seg_id] = [status, qualified]
+            if is_mapped(namespace, seg_id):
+                mapped = segments.get(namespace)
+                if mapped is None:
+                    mapped = segments[namespace] = {}
+                mapped[seg_id] = [status, qualified]
     return segments
 
 
