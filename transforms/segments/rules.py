@@ -329,10 +329,11 @@ def apply_absence(
 
 
 def _transition(snapshot_ms: int, segments: Memberships, identities: dict, attributes: dict):
-    # Sorted so that the event (and its eventId) never depends on dict insertion order.
+    # Not sorted here: the event's bytes (and its eventId) are encoded with sorted keys,
+    # so nothing downstream depends on the order of the segments.
     return {
         "snapshot_ms": snapshot_ms,
-        "segments": {ns: dict(sorted(segments[ns].items())) for ns in sorted(segments)},
+        "segments": segments,
         "identities": identities,
         "attributes": attributes,
     }
