@@ -188,19 +188,12 @@ class EventFormatter:
         # The event is the JSON of a dict with sorted keys; its top-level values are
         # encoded one by one so that the eventId (a hash of the event without it) is
         # spliced in at its sorted place instead of encoding the event twice.
-        members = dict(self._attributes(attributes))
-        members["segmentMembership"] = None
-        members["identityMap"] = None
-        keys = sorted(members)
         values = {
-            key: (
-                membership_json
-                if key == "segmentMembership"
-                else _ENCODER.encode(identity_map if key == "identityMap" else members[key])
-            )
-            for key in keys
+            key: _ENCODER.encode(value) for key, value in self._attributes(attributes).items()
         }
-        data = self._encode_object(keys, values)
+        values["segmentMembership"] = membership_json
+        values["identityMap"] = _ENCODER.encode(identity_map)
+        data = self._encode_object(sorted(values), values)
         if self._config.event_id:
             values["eventId"] = '"' + event_id_for(profile_key, snapshot_ms, data) + '"'
             data = self._encode_object(sorted(values), values)
@@ -229,10 +222,7 @@ class EventFormatter:
                 memberships.setdefault(namespace, {})[seg_id] = status
                 statuses.append(status)
         encoded = ",".join(
-            self._name(namespace)
-            + ":{"
-            + ",".join(items[seg_id] for seg_id in sorted(items))
-            + "}"
+            self._name(namespace) + ":{" + ",".join(items[seg_id] for seg_id in sorted(items)) + "}"
             for namespace, items in sorted(fragments.items())
         )
         return memberships, statuses, "{" + encoded + "}"

@@ -39,7 +39,7 @@ from transforms.segments.carried_state import (
     carried_state_record,
     is_carried_state,
 )
-from transforms.segments.codecs import ShuffleCodec, carried_bytes
+from transforms.segments.codecs import ShuffleCodec
 from transforms.snapshots.formats import file_format
 from transforms.snapshots.profiles import (
     RecordError,
@@ -480,20 +480,17 @@ class _ReadEncodeFn(_ParseRecordFn):
 
     def process(self, element: tuple[str, str, bool]):
         path, fmt, baseline = element
-        encode = self._codec.encode
+        encode_keyed = self._codec.encode_keyed
         counts: dict[int, int] = {}
         for raw in _read_records(path, fmt):
             for out in self._parse(path, fmt, baseline, raw):
                 if isinstance(out, beam.pvalue.TaggedOutput):
                     yield out
                     continue
-                key, record = out
-                if is_carried_state(record):
-                    yield key, carried_bytes(record)
-                    continue
-                snapshot_ms = record["snapshot_ms"]
-                counts[snapshot_ms] = counts.get(snapshot_ms, 0) + 1
-                yield key, encode(record)
+                record = out[1]
+                if not is_carried_state(record):
+                    counts[record["snapshot_ms"]] = counts.get(record["snapshot_ms"], 0) + 1
+                yield encode_keyed(out)
         for snapshot_ms, records in counts.items():
             yield beam.pvalue.TaggedOutput(SNAPSHOTS_TAG, (snapshot_ms, baseline, records))
 
