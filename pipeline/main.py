@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import logging
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -183,6 +184,36 @@ def preflight_stream(settings: JobSettings) -> None:
     check_stream(client, settings.kinesis_stream)
 
 
+_STREAM_ARN = re.compile(
+    r"arn:aws[a-z-]*:kinesis:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):stream/[a-zA-Z0-9_.-]{1,128}"
+)
+
+
+def _resolve_stream_arn(opts: SegmentEventsOptions) -> None:
+    """Makes ``--kinesis_stream_arn`` the run's stream, with the ARN's region.
+
+    The job names its stream by one string from here on: PutRecords, ListShards and
+    DescribeStreamSummary take the ARN where they take the name.
+    """
+    arn = opts.kinesis_stream_arn
+    if not arn:
+        return
+    if opts.kinesis_stream:
+        raise UsageError("give --kinesis_stream or --kinesis_stream_arn, not both")
+    match = _STREAM_ARN.fullmatch(arn)
+    if match is None:
+        raise UsageError(
+            "--kinesis_stream_arn must look like arn:aws:kinesis:REGION:ACCOUNT:stream/NAME"
+        )
+    if opts.kinesis_region and opts.kinesis_region != match["region"]:
+        raise UsageError(
+            f"--kinesis_region {opts.kinesis_region} differs from the region of "
+            f"--kinesis_stream_arn ({match['region']})"
+        )
+    opts.kinesis_region = match["region"]
+    opts.kinesis_stream = arn
+
+
 def write_failure_report() -> str | None:
     """Writes the traceback being handled to an owner-only file; returns its path.
 
@@ -270,6 +301,7 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
         raise UsageError("--config is required: the destination config JSON (docs/contract.md §3)")
     if not opts.input:
         raise UsageError("--input is required: a glob of snapshot files")
+    _resolve_stream_arn(opts)
     if not opts.kinesis_stream and not opts.output_path and not opts.report:
         raise UsageError(
             "no output: give --kinesis_stream (with --kinesis_region) and/or --output_path "

@@ -45,6 +45,13 @@ class SegmentEventsOptions(PipelineOptions):
             help="Kinesis stream to write events to. Default: none (no Kinesis output).",
         )
         parser.add_argument(
+            "--kinesis_stream_arn",
+            default=None,
+            help="ARN of the Kinesis stream to write events to, instead of "
+            "--kinesis_stream: for a stream of another account whose resource policy lets "
+            "this one write. The region is the ARN's. Default: none.",
+        )
+        parser.add_argument(
             "--kinesis_region",
             default=None,
             help="AWS region of the stream. Required with --kinesis_stream unless the AWS "

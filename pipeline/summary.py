@@ -75,6 +75,7 @@ _LABELS = {
     "watch_files_skipped": "files skipped by the watch",
     "kinesis_bytes_sent": "bytes sent to Kinesis",
     "kinesis_user_records_sent": "events sent in aggregated records",
+    "kinesis_wrong_shard_resent": "events re-sent after a reshard (aggregate in the wrong shard)",
 }
 
 

@@ -18,6 +18,8 @@ deterministic:
 * ``latency(seconds, requests)``: forward, then delay the answer.
 * ``down(requests=None, seconds=None)``: reset every request (of any operation) for a number
   of requests or seconds, then come back.
+* ``before_put_records(n, hook)``: call ``hook()`` before forwarding the ``n``-th PutRecords
+  request (1-based), e.g. to reshard the real stream at a known point of a write.
 
 ``stats`` counts requests per operation, PutRecords entries received, and injected faults,
 so tests can assert there was no retry storm.
@@ -101,6 +103,7 @@ class FaultProxy:
         self._faults: list[_Fault] = []
         self._stats = ProxyStats()
         self._entry_counter = 0
+        self._hooks: dict[int, Any] = {}
         self._server = _QuietServer(("127.0.0.1", 0), _handler_class(self))
         self._thread: threading.Thread | None = None
 
@@ -164,6 +167,20 @@ class FaultProxy:
                 timed=seconds is not None,
             )
         )
+
+    def before_put_records(self, n: int, hook: Any) -> None:
+        """Calls ``hook()`` before the ``n``-th PutRecords request (1-based) is forwarded.
+
+        The request waits for the hook; other requests go on meanwhile, as they would
+        while a real stream is resharded.
+        """
+        with self._lock:
+            self._hooks[n] = hook
+
+    def _due_hooks(self) -> list[Any]:
+        with self._lock:
+            due = sorted(n for n in self._hooks if n <= self._stats.put_records_requests)
+            return [self._hooks.pop(n) for n in due]
 
     def snapshot(self) -> ProxyStats:
         """A copy of the statistics."""
@@ -304,6 +321,8 @@ def _handler_class(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             request = json.loads(body)
             records = request["Records"]
             proxy._count_entries(len(records))
+            for hook in proxy._due_hooks():
+                hook()
             for fault in faults:
                 if fault.kind == "http":
                     proxy._injected(f"http_{fault.status}")

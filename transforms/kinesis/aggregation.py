@@ -26,6 +26,8 @@ DEFAULT_AGGREGATION_MAX_BYTES = 51_200
 # A shard accepts 1 MiB/s: a request carrying more for one shard is throttled for sure.
 DEFAULT_MAX_SHARD_BYTES_PER_REQUEST = 1024 * 1024
 _MAX_PARTITION_KEY_BYTES = 256
+# The largest hash key: a stream's shards cover 0..MAX_HASH.
+MAX_HASH = 2**128 - 1
 
 Entry = tuple[dict[str, Any], list[PendingRecord], int]
 
@@ -36,26 +38,37 @@ def hash_key(partition_key: str) -> int:
 
 
 class ShardMap:
-    """Open shards' hash-key ranges, for mapping partition keys to shard ids."""
+    """Shards' hash-key ranges: open ones map partition keys to shard ids, and every
+    listed shard's range (closed ones too) checks where an aggregate landed."""
 
-    def __init__(self, ranges: list[tuple[int, int, str]]):
-        """Args: ranges: ``(starting_hash_key, ending_hash_key, shard_id)`` of open shards."""
+    def __init__(
+        self,
+        ranges: list[tuple[int, int, str]],
+        closed: list[tuple[int, int, str]] = (),  # type: ignore[assignment]
+    ):
+        """Args:
+        ranges: ``(starting_hash_key, ending_hash_key, shard_id)`` of open shards.
+        closed: the same for closed shards (parents of a reshard), for :meth:`range_of`.
+        """
         self._ranges = sorted(ranges)
         self._starts = [r[0] for r in self._ranges]
+        self._by_id = {shard_id: (start, end) for start, end, shard_id in [*closed, *ranges]}
 
     @classmethod
     def from_shards(cls, shards: list[dict[str, Any]]) -> ShardMap:
-        """Builds the map from ListShards ``Shards`` (closed shards are ignored)."""
-        ranges = [
-            (
+        """Builds the map from ListShards ``Shards`` (closed shards map no key)."""
+        open_ranges, closed = [], []
+        for s in shards:
+            entry = (
                 int(s["HashKeyRange"]["StartingHashKey"]),
                 int(s["HashKeyRange"]["EndingHashKey"]),
                 s["ShardId"],
             )
-            for s in shards
-            if "EndingSequenceNumber" not in s.get("SequenceNumberRange", {})
-        ]
-        return cls(ranges)
+            if "EndingSequenceNumber" in s.get("SequenceNumberRange", {}):
+                closed.append(entry)
+            else:
+                open_ranges.append(entry)
+        return cls(open_ranges, closed)
 
     def __len__(self) -> int:
         return len(self._ranges)
@@ -70,11 +83,37 @@ class ShardMap:
     def shard_for_key(self, partition_key: str) -> str | None:
         return self.shard_for_hash(hash_key(partition_key))
 
+    def range_of(self, shard_id: str) -> tuple[int, int] | None:
+        """The hash-key range of a listed shard (open or closed), or None if unknown."""
+        return self._by_id.get(shard_id)
 
-def load_shard_map(client: Any, stream_name: str) -> ShardMap:
-    """Reads the stream's shards with ListShards (paginated)."""
+
+def misfits(partition_keys: list[str], hash_range: tuple[int, int] | None) -> int:
+    """How many partition keys hash outside ``hash_range`` (all of them if it is None).
+
+    A KCL 2.x consumer drops a whole aggregate when one user record hashes outside the
+    range of the shard it reads (``AggregatorUtil.deaggregate``), so one misfit means the
+    aggregate is lost to such consumers.
+    """
+    if hash_range is None:
+        return len(partition_keys)
+    start, end = hash_range
+    return sum(1 for key in partition_keys if not start <= hash_key(key) <= end)
+
+
+def stream_params(stream: str) -> dict[str, str]:
+    """The API parameter naming a stream: ``StreamARN`` for an ARN, else ``StreamName``.
+
+    An ARN names a stream of another account (with a resource policy that lets this
+    one write); PutRecords, ListShards and DescribeStreamSummary all take it.
+    """
+    return {"StreamARN": stream} if stream.startswith("arn:") else {"StreamName": stream}
+
+
+def load_shard_map(client: Any, stream: str) -> ShardMap:
+    """Reads the stream's shards (name or ARN) with ListShards (paginated)."""
     shards: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {"StreamName": stream_name}
+    kwargs: dict[str, Any] = dict(stream_params(stream))
     while True:
         page = client.list_shards(**kwargs)
         shards.extend(page.get("Shards", []))

@@ -18,6 +18,7 @@ import botocore.session
 from botocore.config import Config
 from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
 
+from transforms.kinesis.aggregation import stream_params
 from transforms.kinesis.errors import classify_exception
 
 _LOGGER = logging.getLogger(__name__)
@@ -135,7 +136,9 @@ def check_stream(client: Any, stream: str) -> None:
     endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None)
     where = f"at {endpoint}" if endpoint else "in its region"
     try:
-        summary = client.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]
+        summary = client.describe_stream_summary(**stream_params(stream))[
+            "StreamDescriptionSummary"
+        ]
     except Exception as exc:  # noqa: BLE001 - classified below into one line
         failure = classify_exception(exc)
         if failure.code == "ResourceNotFoundException":
@@ -153,5 +156,12 @@ def check_stream(client: Any, stream: str) -> None:
             f"({failure.describe()})"
         ) from None
     status = summary.get("StreamStatus")
+    if status == "DELETING":
+        raise StreamCheckError(f"Kinesis stream '{stream}' {where} is being deleted")
     if status not in _WRITABLE_STATUSES:
         raise StreamCheckError(f"Kinesis stream '{stream}' {where} is {status}, not ACTIVE")
+    mode = (summary.get("StreamModeDetails") or {}).get("StreamMode")
+    if mode == "ON_DEMAND":
+        # Such a stream reshards by itself; the sink re-sends any aggregate that lands in
+        # a shard whose range does not hold all its records (docs/sink.md, Resharding).
+        _LOGGER.info("Kinesis stream %s is on-demand (it reshards by itself)", stream)

@@ -24,7 +24,8 @@ in-flight requests, buffers) apply per DoFn instance, i.e. per worker thread run
 
 Metrics (namespace ``segment_events``): counters kinesis_records_sent, kinesis_bytes_sent,
 kinesis_requests, kinesis_retries (records re-queued), kinesis_throttled_records,
-kinesis_dead_lettered (and kinesis_user_records_sent with aggregation); distributions
+kinesis_dead_lettered (and, with aggregation, kinesis_user_records_sent and
+kinesis_wrong_shard_resent: user records re-sent after a reshard); distributions
 kinesis_batch_records and kinesis_request_latency_ms.
 """
 
@@ -66,6 +67,7 @@ _COUNTERS = (
     "kinesis_throttled_records",
     "kinesis_dead_lettered",
     "kinesis_user_records_sent",
+    "kinesis_wrong_shard_resent",
 )
 _DISTRIBUTIONS = ("kinesis_batch_records", "kinesis_request_latency_ms")
 

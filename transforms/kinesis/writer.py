@@ -26,6 +26,8 @@ from transforms.kinesis.aggregation import (
     aggregate_capacity,
     build_aggregated_entries,
     load_shard_map,
+    misfits,
+    stream_params,
 )
 from transforms.kinesis.batching import (
     MAX_PARTITION_KEY_CHARS,
@@ -108,6 +110,7 @@ class KinesisWriter:
         settings.validate()
         self._client = client
         self._stream = stream_name
+        self._stream_params = stream_params(stream_name)
         self._s = settings
         self._executor = executor
         self._metrics = metrics or SinkMetrics()
@@ -326,7 +329,7 @@ class KinesisWriter:
         """Runs on a worker thread: one PutRecords call, outcome handed to the queue."""
         started = time.perf_counter()
         try:
-            response = self._client.put_records(StreamName=self._stream, Records=records)
+            response = self._client.put_records(**self._stream_params, Records=records)
             outcome: tuple = (request_id, response, None)
         except BaseException as exc:  # noqa: BLE001 - handed to the owning thread as is
             outcome = (request_id, None, exc)
@@ -378,8 +381,10 @@ class KinesisWriter:
             self._handle_request_failure(request, failure, now)
             return
         failed: list[PendingRecord] = []
+        wrong_shard: list[PendingRecord] = []
         last_failure: kinesis_errors.Failure | None = None
         throttled = sent = sent_bytes = user_sent = 0
+        reloaded = False
         for (_, members, size), result in zip(request.entries, results, strict=True):
             code = result.get("ErrorCode")
             if code:
@@ -392,15 +397,20 @@ class KinesisWriter:
                 continue
             sent += 1
             sent_bytes += size
+            if self._s.aggregate and len(members) > 1:
+                landed, reloaded = self._landed_whole(members, result.get("ShardId"), reloaded)
+                if not landed:
+                    wrong_shard.extend(members)
+                    continue
             user_sent += len(members)
             for r in members:
                 self._buffer.complete(r)
-            if self._s.aggregate and len(members) > 1:
-                self._check_shard(members[0].partition_key, result.get("ShardId"))
         self._metrics.inc("kinesis_records_sent", sent)
         self._metrics.inc("kinesis_bytes_sent", sent_bytes)
         if self._s.aggregate:
             self._metrics.inc("kinesis_user_records_sent", user_sent)
+        if wrong_shard:
+            self._resend_wrong_shard(wrong_shard, now, map_fresh=reloaded)
         if throttled:
             self._metrics.inc("kinesis_throttled_records", throttled)
             self._on_throttled(request, now, throttled / max(1, request.user_records))
@@ -438,14 +448,20 @@ class KinesisWriter:
             )
 
     def _retry_or_give_up(
-        self, records: list[PendingRecord], failure: kinesis_errors.Failure, now: float
+        self,
+        records: list[PendingRecord],
+        failure: kinesis_errors.Failure,
+        now: float,
+        backoff: bool = True,
     ) -> None:
         # One backoff for the whole group: its records come back together as one batch
         # instead of trickling back as many small requests.
         attempt = max(r.attempts for r in records)
-        not_before = now + full_jitter_backoff(
-            attempt, self._s.backoff_base_seconds, self._s.backoff_max_seconds, self._rng
-        )
+        not_before = now
+        if backoff:
+            not_before += full_jitter_backoff(
+                attempt, self._s.backoff_base_seconds, self._s.backoff_max_seconds, self._rng
+            )
         retried = 0
         for r in records:
             first_sent = r.first_sent if r.first_sent is not None else now
@@ -580,10 +596,51 @@ class KinesisWriter:
         self._set_aggregate_batch_bytes(st.shard_map)
         return st.shard_map
 
-    def _check_shard(self, partition_key: str, shard_id: str | None) -> None:
+    def _landed_whole(
+        self, members: list[PendingRecord], shard_id: str | None, reloaded: bool
+    ) -> tuple[bool, bool]:
+        """Whether every user record of an aggregate hashes into the shard it landed in.
+
+        The aggregate was built with the cached shard map; after a reshard it can land in
+        a child shard whose range does not hold all its records, and a KCL 2.x consumer
+        then drops it whole. A shard id the map does not know (a new child) reloads the
+        map once per response. Returns ``(landed_whole, reloaded)``.
+        """
+        keys = [r.partition_key for r in members]
         shard_map = self._state.shard_map
-        expected = shard_map.shard_for_key(partition_key) if shard_map else None
-        if shard_id and expected and shard_id != expected:
-            # The stream was resharded: reload the map before aggregating further.
-            _LOGGER.warning("Stream %s was resharded; reloading its shard map", self._stream)
-            self._state.shard_map_loaded = float("-inf")
+        hash_range = shard_map.range_of(shard_id) if shard_map and shard_id else None
+        if hash_range is None and shard_id and not reloaded:
+            self._reload_shard_map()
+            reloaded = True
+            shard_map = self._state.shard_map
+            hash_range = shard_map.range_of(shard_id) if shard_map else None
+        return misfits(keys, hash_range) == 0, reloaded
+
+    def _reload_shard_map(self) -> None:
+        """Reloads the shard map now (the stream was resharded)."""
+        _LOGGER.warning("Stream %s was resharded; reloading its shard map", self._stream)
+        self._state.shard_map_loaded = float("-inf")
+        self._get_shard_map(self._clock())
+
+    def _resend_wrong_shard(
+        self, records: list[PendingRecord], now: float, map_fresh: bool
+    ) -> None:
+        """Re-sends every user record of aggregates that landed in the wrong shard.
+
+        They are re-aggregated with a fresh shard map (reloaded here unless this response
+        already did). Each stays the head of its partition key until the re-sent copy is
+        acknowledged, so a profile's later events still wait behind it. Consumers that do
+        not drop such aggregates (the ``aws_kinesis_agg`` deaggregator) see these records
+        twice, with the same eventId.
+        """
+        self._metrics.inc("kinesis_wrong_shard_resent", len(records))
+        if not map_fresh:
+            self._reload_shard_map()
+        failure = kinesis_errors.Failure(
+            kinesis_errors.RETRYABLE,
+            "WrongShard",
+            "an aggregated record landed in a shard whose hash range does not hold all "
+            "its user records (the stream was resharded)",
+        )
+        # No backoff: nothing failed, the records only need a request of their own.
+        self._retry_or_give_up(records, failure, now, backoff=False)
