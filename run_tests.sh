@@ -9,6 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/.ci/bootstrap.sh"
 bootstrap_python "[dev,gcp]"
 bootstrap_kinesalite
 bootstrap_engines
+bootstrap_kcl
 bootstrap_chromium
 cd "$ROOT"
 "$PY" -m ruff check .

@@ -1,7 +1,8 @@
 # Shared set-up of run_local.sh, run_tests.sh and .ci/run (sourced, not executed).
 # Creates the project virtualenv and installs the project into it, once per change of
 # setup.py; installs kinesalite (pinned, from the npm registry) into .cache/; fetches the
-# Flink job server's jars (Maven) and builds Prism (Go) into .cache/ for the engine tests.
+# Flink job server's jars (Maven) and builds Prism (Go) into .cache/ for the engine tests,
+# and KCL's deaggregation jars (Maven) for the tests that read streams as KCL does.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,6 +42,13 @@ bootstrap_engines() {
   # fetched and built once into .cache/ (about 1 and 2 minutes cold).
   echo "==> fetching the Flink job server's jars and building Prism into $ROOT/.cache (if needed)"
   (cd "$ROOT" && "$PY" -m tools.flink fetch >/dev/null && "$PY" -m tools.prism >/dev/null)
+}
+
+bootstrap_kcl() {
+  # The real KCL 2.x deaggregation (AggregatorUtil) that tests read streams back with:
+  # about 3 MB of jars fetched with Maven and one Java file compiled, once, into
+  # .cache/kcl (about 10 s cold; silent when cached).
+  (cd "$ROOT" && "$PY" -m tools.kcl fetch)
 }
 
 bootstrap_chromium() {
