@@ -27,6 +27,7 @@ setuptools.setup(
             "hypothesis==6.170.17",
             "jsonschema==4.26.0",
             "ruff==0.17.6",
+            "moto[server]==5.2.5",  # STS in server mode (aws-credentials tests)
         ],
         "gcp": [f"apache-beam[gcp]=={BEAM_VERSION}"],
     },

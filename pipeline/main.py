@@ -70,6 +70,10 @@ class UsageError(ValueError):
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["aws-credentials"]:  # boto3's credential_process on Dataflow workers
+        from pipeline.aws_credentials import main as aws_credentials_main
+
+        return aws_credentials_main(argv[1:])
     configure_logging(os.environ.get("LOG_LEVEL", "WARNING"))
     if "-h" in argv or "--help" in argv:
         _help_parser().print_help()
