@@ -16,8 +16,8 @@ import os
 import pytest
 
 from pipeline.main import main
-from tools.kcl import read_stream_as_kcl
-from tools.kinesalite import create_stream, delete_stream, list_shards, local_client
+from tools.kinesalite import create_stream, delete_stream, local_client
+from tools.reshard import kcl_records, merge, split
 from tools.stream_check import (
     check_numbered_stream,
     numbered_glob,
@@ -29,56 +29,6 @@ pytestmark = pytest.mark.integration
 
 PROFILES, SNAPSHOTS = 3000, 3
 _ids = itertools.count()
-
-
-def _wait_active(client, stream: str) -> None:
-    client.get_waiter("stream_exists").wait(
-        StreamName=stream, WaiterConfig={"Delay": 0.05, "MaxAttempts": 600}
-    )
-
-
-def _open_shards(client, stream: str) -> list[dict]:
-    shards = [
-        s for s in list_shards(client, stream) if "EndingSequenceNumber" not in s["SequenceNumberRange"]
-    ]
-    return sorted(shards, key=lambda s: int(s["HashKeyRange"]["StartingHashKey"]))
-
-
-def kcl_records(client, stream: str) -> list[dict]:
-    """Every user record a KCL 2.x consumer reads, shards parent-first, as
-    :func:`tools.stream_check.check_numbered_stream` takes them."""
-    return [
-        {
-            "shard_id": user.shard_id,
-            "sequence_number": user.sequence_number,
-            "partition_key": user.partition_key,
-            "data": user.data,
-        }
-        for users in read_stream_as_kcl(client, stream).values()
-        for user in users
-    ]
-
-
-def split_first(client, stream: str, done: list[str]) -> None:
-    """Splits the open shard with the lowest hash keys in half; waits until ACTIVE."""
-    shard = _open_shards(client, stream)[0]
-    low = int(shard["HashKeyRange"]["StartingHashKey"])
-    high = int(shard["HashKeyRange"]["EndingHashKey"])
-    client.split_shard(
-        StreamName=stream, ShardToSplit=shard["ShardId"], NewStartingHashKey=str((low + high) // 2)
-    )
-    _wait_active(client, stream)
-    done.append("split")
-
-
-def merge_last_two(client, stream: str, done: list[str]) -> None:
-    """Merges the two adjacent open shards with the highest hash keys; waits until ACTIVE."""
-    lower, upper = _open_shards(client, stream)[-2:]
-    client.merge_shards(
-        StreamName=stream, ShardToMerge=lower["ShardId"], AdjacentShardToMerge=upper["ShardId"]
-    )
-    _wait_active(client, stream)
-    done.append("merge")
 
 
 @pytest.fixture
@@ -99,8 +49,8 @@ def test_split_and_merge_during_a_write_lose_nothing_for_a_kcl_reader(
     client, stream = two_shard_stream
     config = write_numbered_snapshots(str(tmp_path), profiles=PROFILES, snapshots=SNAPSHOTS)
     done: list[str] = []
-    fault_proxy.before_put_records(2, lambda: split_first(client, stream, done))
-    fault_proxy.before_put_records(4, lambda: merge_last_two(client, stream, done))
+    fault_proxy.before_put_records(2, lambda: split(client, stream, 0, done))
+    fault_proxy.before_put_records(4, lambda: merge(client, stream, -2, done))
     args = [
         "--config",
         config,

@@ -14,8 +14,8 @@ import boto3
 import pytest
 
 from pipeline.main import main
-from tests.test_kinesis_resharding import kcl_records
 from tools.moto_server import start_moto
+from tools.reshard import kcl_records
 from tools.stream_check import (
     check_numbered_stream,
     numbered_glob,
