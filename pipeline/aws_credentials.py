@@ -184,14 +184,10 @@ def fetch_id_token(audience: str, host: str) -> str:
         last = attempt == METADATA_ATTEMPTS
         try:
             with urllib.request.urlopen(request, timeout=METADATA_TIMEOUT_S) as answer:
-                if answer.headers.get("Metadata-Flavor") != "Google":
-                    raise CredentialsError(
-                        EXIT_NO_METADATA_SERVER,
-                        f"{host} answered without the header Metadata-Flavor: Google, so "
-                        f"it is not a metadata server (set {METADATA_HOST_ENV})",
-                    )
+                _check_flavor(answer.headers, host)
                 return answer.read(65536).decode("ascii", errors="replace").strip()
         except urllib.error.HTTPError as err:
+            _check_flavor(err.headers, host)
             if err.code >= 500 and not last:
                 _LOGGER.info("metadata server: HTTP %s, attempt %d", err.code, attempt)
                 time.sleep(0.5 * attempt)
@@ -213,6 +209,16 @@ def fetch_id_token(audience: str, host: str) -> str:
                 f"Google Cloud? Set {METADATA_HOST_ENV} to reach one",
             ) from None
     raise AssertionError("unreachable")  # the last attempt returns or raises
+
+
+def _check_flavor(headers: Any, host: str) -> None:
+    """The metadata server sends ``Metadata-Flavor: Google`` with every answer."""
+    if headers is None or headers.get("Metadata-Flavor") != "Google":
+        raise CredentialsError(
+            EXIT_NO_METADATA_SERVER,
+            f"{host} answered without the header Metadata-Flavor: Google, so it is not a "
+            f"metadata server (set {METADATA_HOST_ENV})",
+        )
 
 
 def _describe_os_error(reason: object) -> str:

@@ -74,10 +74,10 @@ def _handler_class(args: argparse.Namespace) -> type[BaseHTTPRequestHandler]:
             action = (parse_qs(body.decode("utf-8", "replace")).get("Action") or ["?"])[0]
             if args.error:
                 status = args.status or _STATUS.get(args.error, 400)
-                self._send(
-                    status, [("Content-Type", "text/xml")], error_body(args.error, args.message)
-                )
+                # Logged before the answer, so that the log is complete when the client has it.
                 sys.stderr.write(f"sts_faults: {action} -> {status} (injected {args.error})\n")
+                body = error_body(args.error, args.message)
+                self._send(status, [("Content-Type", "text/xml")], body)
                 return
             conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=30)
             try:
@@ -85,13 +85,13 @@ def _handler_class(args: argparse.Namespace) -> type[BaseHTTPRequestHandler]:
                 conn.request("POST", self.path, body=body, headers=headers)
                 answer = conn.getresponse()
                 data = answer.read()
+                sys.stderr.write(
+                    f"sts_faults: {action} -> {answer.status} (forwarded, Date moved by "
+                    f"{args.date_offset} s)\n"
+                )
                 self._send(answer.status, answer.getheaders(), data)
             finally:
                 conn.close()
-            sys.stderr.write(
-                f"sts_faults: {action} -> {answer.status} (forwarded, Date moved by "
-                f"{args.date_offset} s)\n"
-            )
 
     return Handler
 
