@@ -460,16 +460,18 @@ def test_job_writes_to_kinesis_with_only_the_credential_process_profile(
     # every request, so the test sees which credentials the job signed with.
     write_snapshots(str(tmp_path / "in"), profiles=40, snapshots=2, fmt="jsonl")
     create_stream(local_client(kinesalite.endpoint_url), "via-web-identity", shards=2)
-    script = Path(PY).parent / "segment-events"  # the console script, as in the worker image
-    config = write_profile(
-        tmp_path, f"{script} aws-credentials --role-arn {ROLE_ARN}", name="default"
-    )
+    # The worker image's profile, written by its own script: `segment-events aws-credentials`
+    # (the console script, found on PATH) with the role's ARN, and the region.
+    config = tmp_path / "aws-config"
+    script = ROOT / "deploy" / "dataflow" / "write-aws-config.sh"
+    subprocess.run(["sh", str(script), ROLE_ARN, "us-east-1", str(config)], check=True, timeout=30)
     env = clean_env(
         tmp_path,
         AWS_CONFIG_FILE=str(config),
         GCE_METADATA_HOST=metadata.host,
         AWS_ENDPOINT_URL_STS=moto_sts.url,
         LOG_LEVEL="INFO",
+        PATH=f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     )
     job = subprocess.run(
         [
