@@ -371,7 +371,10 @@ def test_launch_builds_the_job_offline_on_the_worker_image(snapshot_folder, mode
         (["--overwrite=maybe"], "--overwrite takes true or false"),
     ],
 )
-def test_launch_refuses_what_a_template_cannot_do(snapshot_folder, capsys, extra, message):
+def test_launch_refuses_what_a_template_cannot_do(
+    snapshot_folder, capsys, monkeypatch, extra, message
+):
+    monkeypatch.setenv("LOG_LEVEL", "WARNING")  # launch.main sets the level of this process
     launch = load_launch()
     folder, config = snapshot_folder
     assert launch.main(launch_args(folder, config, *extra)) == 2
