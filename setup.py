@@ -20,6 +20,8 @@ setuptools.setup(
         "fastavro==1.13.1",
         "pyarrow==25.0.1",
         "aws-kinesis-agg==1.2.3",
+        # The columnar batch path reads Avro into Arrow (transforms/columnar/).
+        "datafusion==55.0.0",
     ],
     extras_require={
         "dev": [

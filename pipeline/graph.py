@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,12 @@ import apache_beam as beam
 from apache_beam.coders import coders
 from apache_beam.io.textio import WriteToText
 
+from transforms.columnar.columnar_transitions import (
+    ComputeTransitionsColumnar,
+    bucket_count,
+    input_bytes,
+    unsupported_reason,
+)
 from transforms.config import ActivationConfig
 from transforms.events.format import FormatSegmentEvents
 from transforms.files import WriteFilePerBundle
@@ -21,6 +28,8 @@ from transforms.segments.codecs import ShuffleCodec
 from transforms.segments.transitions import ComputeSegmentTransitions
 from transforms.snapshots.read import ReadSnapshots, SnapshotFile, match_snapshot_files
 from transforms.snapshots.watch import DEFAULT_WATCH_INTERVAL_SECONDS, WatchSnapshots
+
+_LOGGER = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,8 @@ class JobSettings:
     watch_interval: float | None = None
     max_watch_seconds: float | None = None
     snapshots_per_run: int | None = None
+    # --batch_path: "columnar" (Arrow buckets; steady rows skip Python) or "rows".
+    batch_path: str = "columnar"
     # --report PATH; the run writes its summed facts under report_facts_prefix (set per
     # run by pipeline.main), and the driver turns them into PATH.json and PATH.html.
     report_path: str | None = None
@@ -83,6 +94,41 @@ def build_pipeline(
         ``dead_letters``), for tests to assert on. In batch, ``records`` are
         ``(profile key, bytes)`` encoded for the shuffle (see ``ReadSnapshots``).
     """
+    files = None
+    if not settings.streaming:
+        files = settings.files
+        if files is None:
+            files = match_snapshot_files(settings.inputs, False, settings.snapshot_time_field)
+            files += match_snapshot_files(settings.baseline, True, settings.snapshot_time_field)
+    if files is not None and settings.batch_path == "columnar":
+        reason = unsupported_reason(files, settings.snapshot_time_field)
+        if reason is None:
+            return _build_columnar(pipeline, settings, config, files)
+        _LOGGER.info("The batch runs on the row path: %s", reason)
+    return _build_rows(pipeline, settings, config, files)
+
+
+def _build_columnar(pipeline, settings, config, files) -> dict[str, beam.PCollection]:
+    transitions, read_dead_letters, snapshot_counts = (
+        pipeline
+        | "ComputeTransitions"
+        >> ComputeTransitionsColumnar(
+            files,
+            config,
+            buckets=bucket_count(input_bytes(files)),
+            carried_states=settings.seed_state_pattern,
+            allow_mass_exit=settings.allow_mass_exit,
+            carry_states=settings.state_output_prefix is not None,
+            max_bad_records=settings.max_bad_records,
+            report=settings.report_facts_prefix is not None,
+            dry_run=settings.dry_run,
+        )
+    )
+    read = {"records": None, "dead_letters": read_dead_letters, "snapshots": snapshot_counts}
+    return _build_outputs(pipeline, settings, config, read, transitions)
+
+
+def _build_rows(pipeline, settings, config, files) -> dict[str, beam.PCollection]:
     if settings.streaming:
         read = pipeline | "WatchSnapshots" >> WatchSnapshots(
             settings.inputs,
@@ -93,10 +139,6 @@ def build_pipeline(
         )
         codec = None
     else:
-        files = settings.files
-        if files is None:
-            files = match_snapshot_files(settings.inputs, False, settings.snapshot_time_field)
-            files += match_snapshot_files(settings.baseline, True, settings.snapshot_time_field)
         # The read step encodes each record for the transitions' shuffle as it parses
         # it, with the run's files and mapped segments as small ints.
         codec = ShuffleCodec(config, [f.path for f in files])
@@ -122,6 +164,11 @@ def build_pipeline(
         codec=codec,
         snapshot_counts=read.get("snapshots"),
     )
+    return _build_outputs(pipeline, settings, config, read, transitions)
+
+
+def _build_outputs(pipeline, settings, config, read, transitions) -> dict[str, beam.PCollection]:
+    del pipeline
     if settings.state_output_prefix:
         _ = transitions.states | "WriteCarriedStates" >> WriteCarriedStates(
             settings.state_output_prefix

@@ -381,6 +381,7 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
         watch_interval=_watch_interval(opts.watch_interval, streaming),
         max_watch_seconds=opts.max_watch_seconds,
         snapshots_per_run=opts.snapshots_per_run,
+        batch_path=opts.batch_path,
         report_path=absolute_path(opts.report),
         report_facts_prefix=(
             f"{absolute_path(opts.report)}.facts-{uuid.uuid4().hex[:12]}" if opts.report else None

@@ -160,6 +160,19 @@ def test_batch_job_builds_offline_with_the_package(tmp_path):
     names = set(pardo_payloads(runner))
     assert has_step(names, "ComputeTransitions/Replay")
     assert has_step(names, "WriteToKinesis/PutRecords")
-    assert has_step(names, "ReadSnapshots")
+    # Local Avro files: the columnar path reads them into Arrow buckets.
+    assert has_step(names, "ComputeTransitions/ReadSnapshotBuckets")
     assert not has_step(names, "WatchSnapshots")
     assert_package_is_staged(runner)
+
+
+def test_batch_job_on_the_row_path_builds_offline(tmp_path):
+    folder = tmp_path / "snapshot=2024-01-31"
+    folder.mkdir()
+    (folder / "part-0.avro").write_bytes(b"")
+    runner, result = build_job(tmp_path, str(folder / "part-*.avro"), "--batch_path", "rows")
+
+    assert result.job.proto.type_ == JOB_TYPE_BATCH
+    names = set(pardo_payloads(runner))
+    assert has_step(names, "ComputeTransitions/Replay")
+    assert has_step(names, "ReadSnapshots")

@@ -152,6 +152,10 @@ class BatchTransitionsFn(TransitionsFnBase):
                 initial = carried
             else:
                 records.append(record)
+        yield from self.replay_profile(key, initial, records, snapshots, incomplete)
+
+    def replay_profile(self, key, initial, records, snapshots, incomplete):
+        """Replays one profile's records of the run (and its carried state, if any)."""
         self._tally.counters["profiles_processed"] += 1
         progress.add("profiles")
         if snapshots is not self._times_for:

@@ -40,6 +40,7 @@ from transforms.segments.carried_state import (
     is_carried_state,
 )
 from transforms.segments.codecs import ShuffleCodec
+from transforms.snapshots.arrow_values import batch_rows
 from transforms.snapshots.formats import file_format
 from transforms.snapshots.profiles import (
     RecordError,
@@ -267,8 +268,8 @@ class _ReadFileFn(beam.DoFn):
     path.
 
     Raw records are ``bytes`` lines for JSON (a line that is not UTF-8 must become a dead
-    letter, not a crash; blank lines are skipped), dicts for Avro, and dicts with MAP
-    columns as lists of ``(key, value)`` tuples for Parquet.
+    letter, not a crash; blank lines are skipped), and dicts for Avro and Parquet (MAP
+    columns as dicts, by the file's schema).
 
     Raises:
         InputFileError: The file cannot be opened, or is not a readable file of its
@@ -329,7 +330,7 @@ def _parquet_rows(handle: Any, path: str) -> Iterator[dict]:
 
     parquet = pq.ParquetFile(handle)
     for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
-        yield from batch.to_pylist()
+        yield from batch_rows(batch)
 
 
 _RECORD_READERS = {
@@ -433,8 +434,6 @@ class _ParseRecordFn(beam.DoFn):
                 raise RecordError(
                     f"line is not valid JSON: {err.msg} at column {err.colno}"
                 ) from None
-        if fmt == "parquet":
-            return _maps_to_dicts(raw)
         return raw
 
     def _path_snapshot_time(self, path: str, snapshot_ms: int | None) -> int | None:
@@ -493,17 +492,6 @@ class _ReadEncodeFn(_ParseRecordFn):
                 yield encode_keyed(out)
         for snapshot_ms, records in counts.items():
             yield beam.pvalue.TaggedOutput(SNAPSHOTS_TAG, (snapshot_ms, baseline, records))
-
-
-def _maps_to_dicts(value: Any) -> Any:
-    """Parquet MAP columns arrive from pyarrow as lists of (key, value) tuples."""
-    if isinstance(value, dict):
-        return {k: _maps_to_dicts(v) for k, v in value.items()}
-    if isinstance(value, list):
-        if value and all(isinstance(item, tuple) and len(item) == 2 for item in value):
-            return {k: _maps_to_dicts(v) for k, v in value}
-        return [_maps_to_dicts(item) for item in value]
-    return value
 
 
 def _raw_text(raw: Any) -> str:

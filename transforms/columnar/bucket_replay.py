@@ -1,0 +1,237 @@
+"""Per bucket of profiles: skip what cannot change, replay the rest with the pure core.
+
+A bucket's rows (every file's share of the bucket) are ordered by profile key and
+snapshot. A row is *steady* when the row before it is of the same profile, both were
+proven valid in bulk, and their projections (:mod:`.projection`: everything the row
+path's ``to_profile_record`` reads) are equal. The row path would turn a steady row into
+the previous record with only the snapshot time, file and baseline flag changed, so the
+replay gets exactly that copy, and the row never becomes a Python value: only its
+snapshot time and file are read. Every other row is materialised and parsed by the row
+path's own ``to_profile_record``. Each profile's records then go to the same
+``replay_profile`` as the row path's (:class:`transforms.segments.replay.BatchTransitionsFn`),
+the only definition of a transition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+from transforms import progress
+from transforms.columnar.projection import IDENTITY_MAP, SEGMENTS, used_columns
+from transforms.columnar.read_batches import (
+    BASELINE,
+    FILE,
+    KEY,
+    PAYLOAD,
+    SNAPSHOT,
+    from_ipc,
+)
+from transforms.columnar.row_equality import rows_equal
+from transforms.config import ActivationConfig
+from transforms.segments.codecs import ShuffleCodec, presence_of
+from transforms.segments.memberships import mass_exit_counts
+from transforms.segments.replay import BatchTransitionsFn
+from transforms.snapshots.arrow_values import to_python
+from transforms.snapshots.profiles import to_profile_record
+
+# The projection columns compared between snapshots (besides the attribute roots).
+_COMPARED = (IDENTITY_MAP, "mapped_segments", "deleted")
+
+
+def bucket_table(values: Sequence[bytes]) -> pa.Table:
+    """Every file's rows of one bucket, ordered (stably) by profile key and snapshot."""
+    tables = [from_ipc(v) for v in values]
+    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    table = table.combine_chunks()
+    order = pc.sort_indices(
+        table,
+        sort_keys=[(KEY, "ascending"), (SNAPSHOT, "ascending")],
+    )
+    return table.take(order).combine_chunks()
+
+
+def steady_rows(table: pa.Table, compared: Sequence[str]) -> np.ndarray:
+    """Which rows repeat the row before them of the same profile (see module doc).
+
+    Both rows must have been proven valid in bulk, and their compared columns equal.
+    The snapshots between them do not matter: a steady row's record is a copy of the
+    previous record with its own snapshot time, file and baseline flag, and the replay
+    itself decides what the gap (an absence) or a duplicate in one snapshot means.
+    """
+    n = table.num_rows
+    steady = np.zeros(n, dtype=bool)
+    if n < 2:
+        return steady
+    keys = table.column(KEY).combine_chunks()
+    bulk = table.column(PAYLOAD).combine_chunks().is_null().to_numpy(zero_copy_only=False)
+    candidate = np.zeros(n, dtype=bool)
+    candidate[1:] = (
+        pc.equal(keys.slice(1), keys.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+        & bulk[1:]
+        & bulk[:-1]
+    )
+    rows = np.nonzero(candidate)[0]
+    if not len(rows):
+        return steady
+    equal = np.ones(len(rows), dtype=bool)
+    for name in compared:
+        column = table.column(name).combine_chunks()
+        equal &= rows_equal(column, rows, rows - 1)
+    steady[rows[equal]] = True
+    return steady
+
+
+class _Materialiser:
+    """Turns bulk rows into internal records with the row path's ``to_profile_record``."""
+
+    def __init__(self, table: pa.Table, rows: np.ndarray, config: ActivationConfig) -> None:
+        self._config = config
+        self._roots = used_columns(config)[3:]
+        picked = table.take(pa.array(rows, type=pa.int64()))
+        self._index = {int(r): i for i, r in enumerate(rows)}
+        self._identities = picked.column(IDENTITY_MAP).to_pylist()
+        self._identity_type = picked.column(IDENTITY_MAP).type
+        self._segments = picked.column("mapped_segments").to_pylist()
+        self._deleted = picked.column("deleted").to_pylist()
+        self._root_values = [
+            (root, picked.column(root).type, picked.column(root).to_pylist())
+            for root in self._roots
+        ]
+
+    def record(self, row: int, snapshot_ms: int, file: str, baseline: bool) -> tuple[str, dict]:
+        i = self._index[row]
+        segments: dict[str, dict[str, dict]] = {}
+        for entry in self._segments[i]:
+            by_id = segments.get(entry["namespace"])
+            if by_id is None:
+                by_id = segments[entry["namespace"]] = {}
+            by_id[entry["segment"]] = {
+                "status": entry["status"],
+                "lastQualificationTime": entry["qualified"],
+            }
+        raw: dict[str, Any] = {
+            IDENTITY_MAP: to_python(self._identities[i], self._identity_type),
+            SEGMENTS: segments,
+            "_deleted": bool(self._deleted[i]),
+        }
+        for root, kind, values in self._root_values:
+            raw[root] = to_python(values[i], kind)
+        return to_profile_record(raw, self._config, snapshot_ms, file, baseline)
+
+
+def histories(
+    table: pa.Table, config: ActivationConfig, codec: ShuffleCodec
+) -> Iterator[tuple[str, Any, list[dict], int]]:
+    """``(key, carried state, records, steady rows)`` of each profile of a sorted bucket."""
+    compared = list(_COMPARED) + used_columns(config)[3:]
+    steady = steady_rows(table, compared)
+    bulk = table.column(PAYLOAD).is_null().to_numpy(zero_copy_only=False)
+    materialiser = _Materialiser(table, np.nonzero(bulk & ~steady)[0], config)
+    keys = table.column(KEY).to_pylist()
+    snapshots = table.column(SNAPSHOT).to_pylist()
+    files = table.column(FILE).to_pylist()
+    baselines = table.column(BASELINE).to_pylist()
+    payloads = table.column(PAYLOAD).to_pylist()
+    n = len(keys)
+    start = 0
+    while start < n:
+        key = keys[start]
+        end = start
+        initial = None
+        records: list[dict] = []
+        previous: dict | None = None
+        skipped = 0
+        while end < n and keys[end] == key:
+            if payloads[end] is not None:
+                carried, record = codec.decode(payloads[end])
+                if record is None:
+                    initial = carried
+                    end += 1
+                    continue
+            elif steady[end]:
+                assert previous is not None
+                record = dict(
+                    previous, snapshot_ms=snapshots[end], file=files[end], baseline=baselines[end]
+                )
+                skipped += 1
+            else:
+                record = materialiser.record(end, snapshots[end], files[end], baselines[end])[1]
+            records.append(record)
+            previous = record
+            end += 1
+        yield key, initial, records, skipped
+        start = end
+
+
+def presences(table: pa.Table) -> Iterator[tuple[str, list[tuple[int, bool]], bool]]:
+    """``(key, [(snapshot ms, deleted)], live before)`` of each profile of a bucket."""
+    keys = table.column(KEY).to_pylist()
+    snapshots = table.column(SNAPSHOT).to_pylist()
+    deleted = table.column("deleted").to_pylist()
+    payloads = table.column(PAYLOAD).to_pylist()
+    n = len(keys)
+    start = 0
+    while start < n:
+        key = keys[start]
+        presence: list[tuple[int, bool]] = []
+        live_before = False
+        end = start
+        while end < n and keys[end] == key:
+            if payloads[end] is None:
+                presence.append((snapshots[end], bool(deleted[end])))
+            else:
+                snapshot_ms, flag = presence_of(payloads[end])
+                if snapshot_ms is None:
+                    live_before = live_before or flag
+                else:
+                    presence.append((snapshot_ms, flag))
+            end += 1
+        yield key, presence, live_before
+        start = end
+
+
+class BucketGuardCountsFn(beam.DoFn):
+    """The mass-exit guard's counts from each bucket (as ``MassExitCountsFn`` per key)."""
+
+    def start_bundle(self) -> None:
+        self._counts: dict[int, list[int]] = {}
+
+    def process(self, element, snapshots):
+        times = sorted(snapshots)
+        for _, presence, live_before in presences(bucket_table(element[1])):
+            progress.add("profiles_total")
+            mass_exit_counts(presence, times, snapshots, self._counts, live_before)
+
+    def finish_bundle(self):
+        for snapshot_ms, counts in self._counts.items():
+            yield WindowedValue((snapshot_ms, tuple(counts)), 0, (GlobalWindow(),))
+
+
+class BucketTransitionsFn(BatchTransitionsFn):
+    """Replays every profile of a bucket: ``(bucket, [IPC bytes])`` -> transitions."""
+
+    def __init__(
+        self,
+        config: ActivationConfig,
+        carry_states: bool = False,
+        report: bool = False,
+        codec: ShuffleCodec | None = None,
+    ) -> None:
+        super().__init__(config, carry_states, report, codec)
+        self._config = config
+
+    def process(self, element, snapshots, verdict, incomplete):
+        del verdict  # only read so that the replay waits for the mass-exit guard
+        times = sorted(snapshots)
+        table = bucket_table(element[1])
+        for key, initial, records, skipped in histories(table, self._config, self._codec):
+            self._tally.counters["records_skipped_steady"] += skipped
+            yield from self.replay_profile(key, initial, records, snapshots, incomplete)
