@@ -2,6 +2,10 @@
 
 The fake is an in-memory stream with scripted faults; it stands in for Kinesis only here.
 The same behaviours are tested over real HTTP against kinesalite in test_kinesis_sink.py.
+
+No test here measures time. Concurrency is made visible by holding the fake's calls open
+(``hold``/``release``) and synchronising on its condition; waiting is checked through
+the writer's injected clock (how it is read), never with a stopwatch.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from transforms.kinesis.settings import (
@@ -36,13 +40,23 @@ def client_error(code: str, status: int = 400) -> ClientError:
     )
 
 
+# Generous: a wait that runs out fails the test loudly; no test proceeds on a timeout.
+WAIT_SECONDS = 10.0
+
+
 class FakeKinesis:
     """In-memory PutRecords. ``script(call_no, n_records)`` returns the call's fault:
-    None (ok), ("raise", exc), ("raise_after_write", exc) or ("entries", {idx: code})."""
+    None (ok), ("raise", exc), ("raise_after_write", exc) or ("entries", {idx: code}).
+
+    ``max_concurrent`` is the most calls that were inside ``put_records`` at once. After
+    ``hold()`` every call stays inside until ``release()``, so calls the writer makes
+    meanwhile really overlap: a writer that exceeded its in-flight limit would be seen.
+    """
 
     def __init__(self, script=None):
         self.script = script or (lambda call, n: None)
         self.lock = threading.Lock()
+        self.call_started = threading.Condition(self.lock)
         self.stream: list[tuple[str, bytes]] = []
         self.calls = 0
         self.batch_sizes: list[int] = []
@@ -50,6 +64,21 @@ class FakeKinesis:
         self.concurrent = 0
         self.max_concurrent = 0
         self.gate: threading.Event | None = None
+        self.gate_timeouts = 0
+
+    def hold(self) -> None:
+        """From now on, calls wait inside ``put_records`` until ``release()``."""
+        self.gate = threading.Event()
+
+    def release(self) -> None:
+        assert self.gate is not None
+        self.gate.set()
+
+    def wait_for_calls(self, n: int, what: str) -> None:
+        """Returns once ``n`` calls have started; fails the test after WAIT_SECONDS."""
+        with self.call_started:
+            if not self.call_started.wait_for(lambda: self.calls >= n, WAIT_SECONDS):
+                pytest.fail(f"{what}: {self.calls} of {n} calls started in {WAIT_SECONDS} s")
 
     def put_records(self, StreamName, Records):  # noqa: N803 - boto3's parameter names
         with self.lock:
@@ -59,9 +88,12 @@ class FakeKinesis:
             self.max_concurrent = max(self.max_concurrent, self.concurrent)
             self.batch_sizes.append(len(Records))
             self.keys_per_call.append([r["PartitionKey"] for r in Records])
+            self.call_started.notify_all()
         try:
-            if self.gate is not None:
-                self.gate.wait(5)
+            gate = self.gate
+            if gate is not None and not gate.wait(WAIT_SECONDS):
+                with self.lock:
+                    self.gate_timeouts += 1  # asserted by the tests that hold calls
             fault = self.script(call, len(Records))
             with self.lock:
                 if fault and fault[0] == "raise":
@@ -85,6 +117,57 @@ class FakeKinesis:
         finally:
             with self.lock:
                 self.concurrent -= 1
+
+
+class SubmitCounter:
+    """An executor that counts what the writer submits (on the writer's own thread).
+
+    With a ``clock`` (a :class:`CountingClock` given to the writer), it also logs, per
+    submitted request, ``(reads, time)`` of that clock: a request goes out with the time
+    of the writer's last reading, the one it checked its backoff and rate limits against.
+    """
+
+    def __init__(self, inner, clock=None):
+        self.inner = inner
+        self.clock = clock
+        self.submitted = 0
+        self.sent_at: list[tuple[int, float]] = []
+
+    def submit(self, fn, *args, **kwargs):
+        self.submitted += 1
+        if self.clock is not None:
+            self.sent_at.append((self.clock.reads, self.clock.last))
+        return self.inner.submit(fn, *args, **kwargs)
+
+
+class CountingClock:
+    """The writer's clock: ``time.monotonic``, counting how often the writer reads it.
+
+    The writer reads its clock once per turn of its loop, so the count tells a writer that
+    blocks until its next timer (a few reads) from one that polls (a read per turn).
+    """
+
+    def __init__(self):
+        self.reads = 0
+        self.last = float("nan")
+
+    def __call__(self) -> float:
+        self.reads += 1
+        self.last = time.monotonic()
+        return self.last
+
+
+def add_while_held(writer: KinesisWriter, client: FakeKinesis, executor: SubmitCounter, records):
+    """Adds ``records`` while every PutRecords call is held open, then waits until every
+    call submitted meanwhile is inside ``put_records``: they all overlap, however many
+    the writer let out. Below its buffer limit ``add`` never waits for an answer.
+
+    The executor needs a thread per call the writer might submit, or the wait fails.
+    """
+    client.hold()
+    dead = [d for key, data in records for d in writer.add(key, data)]
+    client.wait_for_calls(executor.submitted, "the calls submitted while adding")
+    return dead
 
 
 class CountingMetrics(SinkMetrics):
@@ -164,12 +247,25 @@ def test_at_most_one_record_per_key_per_request(executor):
         assert len(keys) == len(set(keys))
 
 
-def test_in_flight_requests_are_bounded(executor):
+def test_in_flight_requests_are_bounded():
     client = FakeKinesis()
-    writer = KinesisWriter(client, "s", fast(max_in_flight_requests=2), executor)
-    run(writer, events(5000, 1))
-    assert client.max_concurrent <= 2
+    # More threads than requests: only the writer can keep calls from overlapping.
+    with ThreadPoolExecutor(16) as pool:
+        executor = SubmitCounter(pool)
+        writer = KinesisWriter(client, "s", fast(max_in_flight_requests=2), executor)
+        records = events(5000, 1)
+        # 10 full batches are ready while adding; with every answer held back, the
+        # writer may have 2 requests out, no more.
+        dead = add_while_held(writer, client, executor, records)
+        held = client.max_concurrent
+        client.release()
+        assert held == 2  # the held calls overlapped up to the limit, not beyond
+        assert executor.submitted == 2
+        assert dead + writer.flush() == []
+    assert client.gate_timeouts == 0
+    assert client.max_concurrent == 2
     assert client.calls == 10
+    assert_delivered_in_order(client.stream, records)
 
 
 def test_buffer_is_bounded_while_adding(executor):
@@ -346,6 +442,8 @@ _fault = st.one_of(
 
 
 @settings(max_examples=40, deadline=None)
+# Always tried: 13 keys in batches of 3 fill 4 requests while adding; 2 may go out.
+@example(spec=[(k, 0) for k in range(13)], faults=[], in_flight=2, batch=3)
 @given(
     st.lists(st.tuples(st.integers(0, 12), st.integers(0, 3)), min_size=1, max_size=150),
     st.lists(_fault, max_size=25),
@@ -353,7 +451,8 @@ _fault = st.one_of(
     st.integers(1, 60),
 )
 def test_property_per_key_order_and_no_loss_under_faults(spec, faults, in_flight, batch):
-    """Whatever fails, every record arrives, per-key order holds, duplicates are repeats."""
+    """Whatever fails, every record arrives, per-key order holds, duplicates are repeats,
+    and no more than ``in_flight`` requests are ever out at once."""
 
     def script(call, n):
         return faults[call] if call < len(faults) else None
@@ -364,11 +463,25 @@ def test_property_per_key_order_and_no_loss_under_faults(spec, faults, in_flight
     for key, size in spec:
         counts[key] += 1
         records.append((f"k{key}", f"{key}:{counts[key]}:{'p' * size}".encode()))
-    with ThreadPoolExecutor(in_flight) as ex:
-        writer = KinesisWriter(
-            client, "s", fast(max_in_flight_requests=in_flight, max_request_records=batch), ex
+    # More threads than the 13 keys (at most one request per key can be out while the
+    # answers are held): the pool never hides a writer that exceeds its limit.
+    with ThreadPoolExecutor(16) as pool:
+        executor = SubmitCounter(pool)
+        # Throttling engages the adaptive limiter, which paces by the real clock: a floor
+        # of 1000 records/s keeps its waits short (a few held answers are a low sent rate).
+        settings = fast(
+            max_in_flight_requests=in_flight, max_request_records=batch, min_adaptive_rate=1000.0
         )
-        assert run(writer, records) == []
+        writer = KinesisWriter(client, "s", settings, executor)
+        # Answers held while adding: every full batch the writer lets out overlaps.
+        dead = add_while_held(writer, client, executor, records)
+        held = client.max_concurrent
+        client.release()
+        assert held <= in_flight
+        dead.extend(writer.flush())
+        assert dead == []
+    assert client.gate_timeouts == 0
+    assert client.max_concurrent <= in_flight
     assert_delivered_in_order(client.stream, records)
     for keys in client.keys_per_call:
         assert len(keys) == len(set(keys))
@@ -381,19 +494,63 @@ class _MaxJitter:
         return high
 
 
-def test_backoff_waits_without_burning_cpu(executor):
+BACKOFF = 0.2
+
+
+def test_backoff_is_waited_for_by_blocking_not_polling(executor):
     faults = {0: ("raise", client_error("InternalFailure", 500))}
     client = FakeKinesis(lambda call, n: faults.get(call))
+    clock = CountingClock()
+    counter = SubmitCounter(executor, clock)
     writer = KinesisWriter(
         client,
         "s",
-        fast(backoff_base_seconds=0.4, backoff_max_seconds=0.4),
-        executor,
+        fast(backoff_base_seconds=BACKOFF, backoff_max_seconds=BACKOFF),
+        counter,
+        clock=clock,
         rng=_MaxJitter(),
     )
-    cpu = time.thread_time()
-    started = time.monotonic()
     assert run(writer, [("k", b"x")]) == []
-    assert time.monotonic() - started >= 0.4  # the backoff was honoured...
-    assert time.thread_time() - cpu < 0.2  # ...by waiting, not by spinning
     assert client.calls == 2
+    (reads_first, first), (reads_retry, retry) = counter.sent_at
+    # By the writer's own clock, the retry went out no earlier than the backoff allowed...
+    assert retry >= first + BACKOFF, (first, retry)
+    # ...and meanwhile the writer read that clock a handful of times (the failure's
+    # answer, then a turn or two of its loop around one blocking wait): it waited on its
+    # queue for the backoff. A writer that polled would read it on every turn, thousands
+    # of times in BACKOFF seconds.
+    assert reads_retry - reads_first <= 10, reads_retry - reads_first
+
+
+def test_request_latency_metric_is_the_call_duration_in_ms(executor, monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+
+    def script(call, n):
+        now[0] += 0.25  # the call "takes" 250 ms of the fake performance counter
+        return None
+
+    client, metrics = FakeKinesis(script), CountingMetrics()
+    writer = KinesisWriter(client, "s", fast(max_in_flight_requests=1), executor, metrics)
+    assert run(writer, [("a", b"1"), ("b", b"2")]) == []
+    assert metrics.distributions["kinesis_request_latency_ms"] == [250]
+
+
+def test_rate_cap_paces_requests_by_the_writer_clock(executor):
+    rate = 5000.0
+    client = FakeKinesis()
+    clock = CountingClock()
+    counter = SubmitCounter(executor, clock)
+    settings = fast(max_records_per_second=rate, max_in_flight_requests=1)
+    writer = KinesisWriter(client, "s", settings, counter, clock=clock)
+    started = clock.last  # the writer's first reading: its token bucket starts full then
+    assert run(writer, events(4000, 1)) == []
+    # One request at a time, so the calls are in submit order.
+    assert len(counter.sent_at) == len(client.batch_sizes) == client.calls
+    capacity = rate * 0.5  # the bucket's burst: 2500 records
+    sent = 0
+    for (_, at), n in zip(counter.sent_at, client.batch_sizes, strict=True):
+        sent += n
+        # By the writer's own clock, never more than one burst plus the rate since then.
+        assert sent <= capacity + rate * (at - started) + 1e-6, (sent, at - started)
+    assert sent == 4000 > capacity  # past one burst: the cap had to hold requests back

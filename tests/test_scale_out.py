@@ -2,7 +2,8 @@
 
 ``--direct_num_workers=2 --direct_running_mode=multi_processing`` makes the FnApiRunner run
 bundles in two SDK worker subprocesses; the events must be exactly those of the
-in-process run (same bytes, hence the same deterministic eventIds).
+in-process run (same bytes, hence the same deterministic eventIds). That two workers
+really ran is seen from outside the job: the processes the run starts are recorded.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import subprocess
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
@@ -44,12 +46,39 @@ def run_events(tmp_path, name, *extra):
     return lines
 
 
-def test_two_worker_processes_give_the_same_events_as_one(tmp_path, capsys):
+# How the FnApiRunner starts each SDK worker of --direct_running_mode=multi_processing.
+SDK_WORKER_MODULE = "apache_beam.runners.worker.sdk_worker_main"
+
+
+def record_started_processes(monkeypatch) -> list[subprocess.Popen]:
+    """Records every process started through ``subprocess.Popen`` from now on."""
+    started: list[subprocess.Popen] = []
+
+    class RecordingPopen(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
+    return started
+
+
+def sdk_workers(processes: list[subprocess.Popen]) -> list[subprocess.Popen]:
+    return [p for p in processes if SDK_WORKER_MODULE in str(p.args)]
+
+
+def test_two_worker_processes_give_the_same_events_as_one(tmp_path, capsys, monkeypatch):
     write_snapshots(str(tmp_path / "snap"), profiles=150, snapshots=3, parts=4)
+    started = record_started_processes(monkeypatch)
 
     single = run_events(tmp_path, "single")
+    assert sdk_workers(started) == []  # in-process: no worker process
     multi = run_events(tmp_path, "multi", *MULTI_PROCESS)
+    workers = sdk_workers(started)
 
+    # Two SDK worker processes ran the multi-process run, and ended cleanly with it.
+    assert len({w.pid for w in workers}) == len(workers) == 2, [w.args for w in started]
+    assert [w.returncode for w in workers] == [0, 0]
     assert len(single) > 150
     ids = [json.loads(line)["eventId"] for line in single]
     assert len(set(ids)) == len(ids)

@@ -230,7 +230,6 @@ class BucketTransitionsFn(BatchTransitionsFn):
 
     def process(self, element, snapshots, verdict, incomplete):
         del verdict  # only read so that the replay waits for the mass-exit guard
-        times = sorted(snapshots)
         table = bucket_table(element[1])
         for key, initial, records, skipped in histories(table, self._config, self._codec):
             self._tally.counters["records_skipped_steady"] += skipped
