@@ -149,11 +149,13 @@ class CountingClock:
 
     def __init__(self):
         self.reads = 0
-        self.last = float("nan")
+        self.first = self.last = float("nan")
 
     def __call__(self) -> float:
         self.reads += 1
         self.last = time.monotonic()
+        if self.reads == 1:
+            self.first = self.last
         return self.last
 
 
@@ -543,8 +545,8 @@ def test_rate_cap_paces_requests_by_the_writer_clock(executor):
     counter = SubmitCounter(executor, clock)
     settings = fast(max_records_per_second=rate, max_in_flight_requests=1)
     writer = KinesisWriter(client, "s", settings, counter, clock=clock)
-    started = clock.last  # the writer's first reading: its token bucket starts full then
     assert run(writer, events(4000, 1)) == []
+    started = clock.first  # the writer's first reading: its token bucket starts full then
     # One request at a time, so the calls are in submit order.
     assert len(counter.sent_at) == len(client.batch_sizes) == client.calls
     capacity = rate * 0.5  # the bucket's burst: 2500 records
