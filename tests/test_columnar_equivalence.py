@@ -37,14 +37,22 @@ from transforms.segments.state import ProfileState
 from transforms.snapshots.read import DEAD_LETTER_TAG, SNAPSHOTS_TAG, _ReadEncodeFn
 
 MAPPED = ["seg-a", "seg-b", "seg-c"]
-CONFIG = parse_config(
-    {
-        "segments": [{"id": s, "name": s} for s in MAPPED],
-        "profile_key": "primary",
-        "attributes": ["person.name.firstName"],
-        "triggers": {"segments": True, "attributes": True, "identities": True},
-    }
-)
+
+
+def make_config(profile_key: str = "primary"):
+    return parse_config(
+        {
+            "segments": [{"id": s, "name": s} for s in MAPPED],
+            "profile_key": profile_key,
+            "attributes": ["person.name.firstName"],
+            "triggers": {"segments": True, "attributes": True, "identities": True},
+        }
+    )
+
+
+CONFIG = make_config()
+# The key rules: bulk (primary, a namespace) and the row path's own (a field).
+KEY_RULES = ["primary", "ecid", "field:person.name.firstName"]
 START = dt.date(2024, 3, 1)
 
 # Mostly valid values (so that rows are skipped), sometimes bad ones.
@@ -58,7 +66,7 @@ segment = st.tuples(st.sampled_from([*MAPPED, "unmapped-1", "unmapped-2"]), stat
 record = st.fixed_dictionaries(
     {
         "segments": st.lists(segment, max_size=4, unique_by=lambda s: s[0]),
-        "ecid": st.sampled_from(["", "e1", "e2"]),
+        "ecid": st.sampled_from(["", "e1", "e2", "ee2"]),
         "primary": st.sampled_from([True] * 6 + [False]),
         "first": st.sampled_from([None, "Ana", "Bo"]),
         "deleted": st.sampled_from([None, None, None, False, True]),
@@ -81,7 +89,11 @@ def raw_record(index: int, variant: dict) -> dict:
     identities = {"email": [{"id": f"p{index}@x", "primary": variant["primary"],
                              "authenticatedState": None}]}
     if variant["ecid"]:
-        identities["ecid"] = [{"id": variant["ecid"], "primary": None, "authenticatedState": None}]
+        # Two ecids, the first possibly empty: the namespace rule takes the first usable.
+        identities["ecid"] = [
+            {"id": variant["ecid"][:-1], "primary": variant["primary"], "authenticatedState": None},
+            {"id": variant["ecid"], "primary": None, "authenticatedState": None},
+        ]
     person = None if variant["first"] is None else {"name": {"firstName": variant["first"],
                                                              "lastName": None}}
     return {
@@ -155,10 +167,11 @@ def _combine(fn, elements):
     return fn.extract_output(acc)
 
 
-def run_path(columnar: bool, files, baseline_first: bool, initial: dict[str, ProfileState]):
+def run_path(columnar: bool, files, baseline_first: bool, initial: dict[str, ProfileState],
+             config=CONFIG):
     listed = [(p, f, baseline_first and "2024-03-01" in p) for p, f, _ in files]
-    codec = ShuffleCodec(CONFIG, [p for p, _, _ in listed])
-    read = ReadBucketsFn(CONFIG, codec, 3) if columnar else _ReadEncodeFn(CONFIG, None, codec)
+    codec = ShuffleCodec(config, [p for p, _, _ in listed])
+    read = ReadBucketsFn(config, codec, 3) if columnar else _ReadEncodeFn(config, None, codec)
     read.start_bundle()
     grouped = collections.defaultdict(list)
     letters, counts = [], []
@@ -180,7 +193,7 @@ def run_path(columnar: bool, files, baseline_first: bool, initial: dict[str, Pro
     snapshots = _combine(SnapshotCountsFn(), counts)
     incomplete = check_bad_records(_combine(CountUnreadableFn(), letters), 1000)
     fn_class = BucketTransitionsFn if columnar else BatchTransitionsFn
-    replay = fn_class(CONFIG, carry_states=True, report=True, codec=codec)
+    replay = fn_class(config, carry_states=True, report=True, codec=codec)
     replay.start_bundle()
     results = collections.defaultdict(list)
     for key in sorted(grouped):
@@ -209,9 +222,10 @@ def run_path(columnar: bool, files, baseline_first: bool, initial: dict[str, Pro
     duplicate=st.booleans(),
     baseline_first=st.booleans(),
     carried=st.booleans(),
+    rule=st.sampled_from(KEY_RULES),
 )
 def test_columnar_path_equals_row_path(tmp_path_factory, profiles, days, fmt, duplicate,
-                                       baseline_first, carried):
+                                       baseline_first, carried, rule):
     root = str(tmp_path_factory.mktemp("histories"))
     files = write_files(root, profiles, days, fmt, duplicate)
     initial = {}
@@ -220,8 +234,9 @@ def test_columnar_path_equals_row_path(tmp_path_factory, profiles, days, fmt, du
         initial["email:p0@x"] = ProfileState(
             0, False, {"ups": {"seg-a": ["realized", 1]}}, {"email": ["p0@x"]}, {}
         )
-    rows = run_path(False, files, baseline_first, initial)
-    columnar = run_path(True, files, baseline_first, initial)
+    config = make_config(rule)
+    rows = run_path(False, files, baseline_first, initial, config)
+    columnar = run_path(True, files, baseline_first, initial, config)
     assert columnar == rows
 
 

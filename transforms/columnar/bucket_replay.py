@@ -39,7 +39,7 @@ from transforms.config import ActivationConfig
 from transforms.segments.codecs import ShuffleCodec, presence_of
 from transforms.segments.memberships import mass_exit_counts
 from transforms.segments.replay import BatchTransitionsFn
-from transforms.snapshots.arrow_values import to_python
+from transforms.snapshots.arrow_values import converter
 from transforms.snapshots.profiles import to_profile_record
 
 # The projection columns compared between snapshots (besides the attribute roots).
@@ -98,11 +98,11 @@ class _Materialiser:
         picked = table.take(pa.array(rows, type=pa.int64()))
         self._index = {int(r): i for i, r in enumerate(rows)}
         self._identities = picked.column(IDENTITY_MAP).to_pylist()
-        self._identity_type = picked.column(IDENTITY_MAP).type
+        self._identity = converter(picked.column(IDENTITY_MAP).type)
         self._segments = picked.column("mapped_segments").to_pylist()
         self._deleted = picked.column("deleted").to_pylist()
         self._root_values = [
-            (root, picked.column(root).type, picked.column(root).to_pylist())
+            (root, converter(picked.column(root).type), picked.column(root).to_pylist())
             for root in self._roots
         ]
 
@@ -118,12 +118,12 @@ class _Materialiser:
                 "lastQualificationTime": entry["qualified"],
             }
         raw: dict[str, Any] = {
-            IDENTITY_MAP: to_python(self._identities[i], self._identity_type),
+            IDENTITY_MAP: self._identity(self._identities[i]),
             SEGMENTS: segments,
             "_deleted": bool(self._deleted[i]),
         }
-        for root, kind, values in self._root_values:
-            raw[root] = to_python(values[i], kind)
+        for root, convert, values in self._root_values:
+            raw[root] = convert(values[i])
         return to_profile_record(raw, self._config, snapshot_ms, file, baseline)
 
 

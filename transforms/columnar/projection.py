@@ -244,3 +244,71 @@ def check_table(table: pa.Table, config: ActivationConfig) -> tuple[np.ndarray, 
     for root in used_columns(config)[3:]:
         columns[root] = table.column(root).combine_chunks() if root in names else pa.nulls(n)
     return valid, pa.table(columns)
+
+
+def identity_keys(column: pa.Array, rule: str) -> tuple[pa.Array, np.ndarray]:
+    """Profile keys by the ``primary`` or namespace rule, without Python values.
+
+    The row path's :func:`transforms.snapshots.profiles.resolve_profile_key`: for
+    ``primary`` the first identity flagged primary (namespaces in sorted order, ids in
+    list order) with a non-empty id, as ``namespace:id``; for a namespace rule the first
+    non-empty id of that namespace.
+
+    Returns:
+        ``(keys, undecided)``: the key of each row (null: none), and the rows the row
+        path must decide (an identity map of another shape, or a namespace twice).
+    """
+    n = len(column)
+    undecided = np.zeros(n, dtype=bool)
+    if pa.types.is_null(column.type):
+        return pa.nulls(n, pa.string()), undecided
+    kind = column.type
+    if not (pa.types.is_map(kind) and pa.types.is_list(kind.item_type)):
+        return pa.nulls(n, pa.string()), ~undecided
+    entries, rows = flatten_with_parents(column)
+    namespaces = entries.field(0)
+    # A namespace twice in one map: fastavro keeps the last; leave it to the row path.
+    order = np.lexsort((namespaces.to_numpy(zero_copy_only=False), rows))
+    sorted_rows = rows[order]
+    sorted_ns = namespaces.take(pa.array(order, type=pa.int64()))
+    twice = np.zeros(len(order), dtype=bool)
+    if len(order) > 1:
+        twice[1:] = (sorted_rows[1:] == sorted_rows[:-1]) & pc.equal(
+            sorted_ns.slice(1), sorted_ns.slice(0, len(order) - 1)
+        ).to_numpy(zero_copy_only=False)
+    undecided[sorted_rows[twice]] = True
+    items, parents = flatten_with_parents(entries.field(1))
+    ids = _field(items, "id")
+    if ids is None or not pa.types.is_string(ids.type):
+        return pa.nulls(n, pa.string()), ~np.zeros(n, dtype=bool)
+    item_rows = rows[parents]
+    usable = _valid(items) & pc.fill_null(pc.greater(pc.utf8_length(ids), 0), False).to_numpy(
+        zero_copy_only=False
+    )
+    item_ns = namespaces.take(pa.array(parents, type=pa.int64()))
+    if rule == "primary":
+        primary = _field(items, "primary")
+        if primary is None or not pa.types.is_boolean(primary.type):
+            return pa.nulls(n, pa.string()), ~np.zeros(n, dtype=bool)
+        usable &= pc.fill_null(primary, False).to_numpy(zero_copy_only=False)
+    else:
+        usable &= pc.fill_null(pc.equal(item_ns, rule), False).to_numpy(zero_copy_only=False)
+    chosen = np.nonzero(usable)[0]
+    keys = pa.nulls(n, pa.string())
+    if len(chosen):
+        chosen_ns = item_ns.take(pa.array(chosen, type=pa.int64())).to_numpy(zero_copy_only=False)
+        # Rows ascending, then namespaces by name (primary), then the list order.
+        first_order = np.lexsort((chosen, chosen_ns, item_rows[chosen]))
+        picked = chosen[first_order]
+        _, first = np.unique(item_rows[picked], return_index=True)
+        winners = pa.array(picked[first], type=pa.int64())
+        values = ids.take(winners)
+        if rule == "primary":
+            values = pc.binary_join_element_wise(item_ns.take(winners), values, ":")
+        positions = item_rows[picked[first]]
+        mask = np.zeros(n, dtype=bool)
+        mask[positions] = True
+        full = np.zeros(n, dtype=np.int64)
+        full[positions] = np.arange(len(positions))
+        keys = pc.if_else(pa.array(mask), values.take(pa.array(full, type=pa.int64())), keys)
+    return keys, undecided

@@ -27,11 +27,11 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import progress
-from transforms.columnar.projection import IDENTITY_MAP, check_table, used_columns
+from transforms.columnar.projection import IDENTITY_MAP, check_table, identity_keys, used_columns
 from transforms.config import ActivationConfig
 from transforms.segments.carried_state import CARRIED_STATE_FORMAT, carried_state_record
 from transforms.segments.codecs import ShuffleCodec, carried_bytes
-from transforms.snapshots.arrow_values import batch_rows, to_python
+from transforms.snapshots.arrow_values import batch_rows, converter
 from transforms.snapshots.profiles import RecordError, resolve_profile_key
 from transforms.snapshots.read import (
     SNAPSHOTS_TAG,
@@ -146,20 +146,37 @@ class ReadBucketsFn(_ParseRecordFn):
     # ------------------------------------------------------------------ rows
 
     def _keys(self, table: pa.Table, valid: np.ndarray) -> list[str | None]:
-        """Each row's profile key by the row path's own rule (None: unresolvable)."""
-        names = [IDENTITY_MAP] + ([self._key_root] if self._key_root else [])
-        columns = [
-            (name, table.column(name).type, table.column(name).to_pylist())
-            for name in names
-            if name in table.column_names
-        ]
-        keys: list[str | None] = []
-        for i in range(table.num_rows):
-            raw = {name: to_python(values[i], kind) for name, kind, values in columns}
-            try:
-                keys.append(resolve_profile_key(raw, self._rule))
-            except (RecordError, AttributeError, TypeError):
-                keys.append(None)
+        """Each row's profile key by the row path's rule (None: unresolvable).
+
+        ``primary`` and namespace rules are resolved in bulk; a ``field:`` rule, and
+        rows of an unusual shape, by the row path's own ``resolve_profile_key``.
+        """
+        n = table.num_rows
+        python_rows = np.ones(n, dtype=bool)
+        keys: list[str | None] = [None] * n
+        if not self._rule.startswith("field:") and IDENTITY_MAP in table.column_names:
+            bulk, undecided = identity_keys(
+                table.column(IDENTITY_MAP).combine_chunks(), self._rule
+            )
+            keys = bulk.to_pylist()
+            python_rows = undecided
+        rows = np.nonzero(python_rows)[0]
+        if len(rows):
+            names = [IDENTITY_MAP] + ([self._key_root] if self._key_root else [])
+            picked = table.take(pa.array(rows, type=pa.int64()))
+            columns = [
+                (name, converter(picked.column(name).type), picked.column(name).to_pylist())
+                for name in names
+                if name in picked.column_names
+            ]
+            for j, i in enumerate(rows):
+                raw = {name: convert(values[j]) for name, convert, values in columns}
+                try:
+                    keys[i] = resolve_profile_key(raw, self._rule)
+                except (RecordError, AttributeError, TypeError):
+                    keys[i] = None
+        for i, key in enumerate(keys):
+            if key is None:
                 valid[i] = False
         return keys
 
@@ -237,10 +254,15 @@ def _payload_table(schema, keys, payloads, snapshot_ms, path, baseline) -> pa.Ta
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
+
+
 def to_ipc(table: pa.Table) -> bytes:
     """An Arrow table as one IPC stream message."""
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+    # A bucket's rows repeat the same segment ids, namespaces and times: compressed,
+    # the runner holds and moves a fraction of the bytes.
+    with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
 

@@ -7,23 +7,11 @@ apart, and gives the same Python values fastavro gives for Avro.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
-
-
-def to_python(value: Any, kind: pa.DataType) -> Any:
-    """An Arrow value (``to_pylist`` form) of type ``kind`` with its maps as dicts."""
-    if value is None:
-        return None
-    if pa.types.is_map(kind):
-        return {k: to_python(v, kind.item_type) for k, v in value}
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        return [to_python(v, kind.value_type) for v in value]
-    if pa.types.is_struct(kind):
-        return {f.name: to_python(value[f.name], f.type) for f in kind}
-    return value
 
 
 def _has_map(kind: pa.DataType) -> bool:
@@ -36,11 +24,47 @@ def _has_map(kind: pa.DataType) -> bool:
     return False
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
+@functools.lru_cache(maxsize=256)
+def converter(kind: pa.DataType) -> Callable[[Any], Any]:
+    """A function turning ``to_pylist`` values of type ``kind`` into fastavro's form.
+
+    Subtrees without a map are left as pyarrow made them (dicts and lists already).
+    """
+    if not _has_map(kind):
+        return _same
+    if pa.types.is_map(kind):
+        item = converter(kind.item_type)
+        if item is _same:
+            return lambda v: None if v is None else dict(v)
+        return lambda v: None if v is None else {k: item(x) for k, x in v}
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        element = converter(kind.value_type)
+        return lambda v: None if v is None else [element(x) for x in v]
+    fields = [(f.name, converter(f.type)) for f in kind if _has_map(f.type)]
+
+    def struct(v: Any) -> Any:
+        if v is None:
+            return None
+        for name, convert in fields:
+            v[name] = convert(v[name])
+        return v
+
+    return struct
+
+
+def to_python(value: Any, kind: pa.DataType) -> Any:
+    """An Arrow value (``to_pylist`` form) of type ``kind`` with its maps as dicts."""
+    return converter(kind)(value)
+
+
 def batch_rows(batch: pa.RecordBatch | pa.Table) -> Iterator[dict]:
     """The rows of a record batch as dicts, maps as dicts."""
-    mapped = [f.name for f in batch.schema if _has_map(f.type)]
-    types = {name: batch.schema.field(name).type for name in mapped}
+    mapped = [(f.name, converter(f.type)) for f in batch.schema if _has_map(f.type)]
     for row in batch.to_pylist():
-        for name in mapped:
-            row[name] = to_python(row[name], types[name])
+        for name, convert in mapped:
+            row[name] = convert(row[name])
         yield row
