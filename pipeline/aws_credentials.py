@@ -66,6 +66,8 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from transforms.errors import SegmentEventsError
+
 _LOGGER = logging.getLogger(__name__)
 
 EXIT_OK = 0
@@ -102,7 +104,7 @@ _SESSION_NAME = re.compile(r"[\w+=,.@-]{2,64}")
 _JWT = re.compile(r"[A-Za-z0-9_-]+\.([A-Za-z0-9_-]+)\.[A-Za-z0-9_-]+")
 
 
-class CredentialsError(Exception):
+class CredentialsError(SegmentEventsError):
     """A failure with its exit code and its one-line message (which holds no secret)."""
 
     def __init__(self, exit_code: int, message: str):
@@ -110,7 +112,7 @@ class CredentialsError(Exception):
         self.exit_code = exit_code
 
 
-class _UsageError(ValueError):
+class _UsageError(SegmentEventsError, ValueError):
     """A flag is missing or malformed."""
 
 

@@ -37,6 +37,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 
 from pipeline.graph import JobSettings
 from transforms.config import ActivationConfig
+from transforms.errors import SegmentEventsError
 from transforms.events.timestamps import format_timestamp
 from transforms.snapshots.read import SnapshotFile, match_snapshot_files
 from transforms.snapshots.snapshot_time import require_snapshot_time
@@ -61,7 +62,7 @@ class RunPlan:
     last_ms: int
 
 
-class BackfillRunError(RuntimeError):
+class BackfillRunError(SegmentEventsError, RuntimeError):
     """One run of a split backfill failed; the message says which and what was done."""
 
 

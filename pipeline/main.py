@@ -42,12 +42,13 @@ from transforms.beam_internals import (
     STEP_ANNOTATION,
     all_options_classes,
 )
-from transforms.config import ActivationConfig, ConfigError, load_config
+from transforms.config import ActivationConfig, load_config
+from transforms.errors import SegmentEventsError
 from transforms.events.timestamps import format_timestamp
-from transforms.kinesis.client import StreamCheckError, check_stream, make_kinesis_client
+from transforms.kinesis.client import check_stream, make_kinesis_client
 from transforms.metrics import METRICS_NAMESPACE
-from transforms.snapshots.read import InputError, match_snapshot_files
-from transforms.snapshots.snapshot_time import SnapshotTimeError, snapshot_time_from_path
+from transforms.snapshots.read import match_snapshot_files
+from transforms.snapshots.snapshot_time import snapshot_time_from_path
 from transforms.snapshots.watch import DEFAULT_WATCH_INTERVAL_SECONDS
 
 _LOGGER = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ _CAPPED_LOGGERS = ("apache_beam", "botocore", "boto3", "urllib3", "s3transfer")
 DEFAULT_PROGRESS_INTERVAL_S = 10.0
 
 
-class UsageError(ValueError):
+class UsageError(SegmentEventsError, ValueError):
     """A flag is missing or invalid; the message says what to fix."""
 
 
@@ -80,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         settings, config, options = parse_args(argv)
-    except (UsageError, ConfigError, InputError, SnapshotTimeError) as err:
+    except SegmentEventsError as err:
+        # Found before anything ran (a flag, the config, the input files; transforms/errors.py).
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     progress.configure(
@@ -97,7 +99,7 @@ def _run(settings: JobSettings, config: ActivationConfig, options: PipelineOptio
     if settings.kinesis_stream and not options.view_as(SegmentEventsOptions).skip_stream_check:
         try:
             preflight_stream(settings)
-        except StreamCheckError as err:
+        except SegmentEventsError as err:  # StreamCheckError: still before anything ran
             print(f"error: {err}; nothing was run", file=sys.stderr)
             return EXIT_USAGE
     try:
@@ -109,6 +111,7 @@ def _run(settings: JobSettings, config: ActivationConfig, options: PipelineOptio
         print("error: interrupted", file=sys.stderr)
         return EXIT_FAILED
     except Exception as err:  # noqa: BLE001 - the one place that turns failures into a line
+        # Not only the family: a runner may wrap a step's error in its own exception.
         _LOGGER.debug("pipeline failed", exc_info=True)
         print(f"error: the pipeline failed: {one_line(err)}", file=sys.stderr)
         report = write_failure_report()
@@ -278,6 +281,7 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
         UsageError: A flag is missing, unknown or invalid.
         ConfigError: The config is invalid.
         InputError: An input pattern or file cannot be used.
+        SnapshotTimeError: A file's snapshot time cannot be resolved.
     """
     unknown, known = _unknown_flags(argv)
     if unknown:

@@ -55,10 +55,10 @@ from pipeline.outputs import (
 )
 from pipeline.runners import LOCAL_RUNNER_NAMES, OfflineDirectRunner
 from transforms.beam_internals import all_options_classes
+from transforms.errors import SegmentEventsError
 from transforms.kinesis.batching import DEFAULT_MAX_RECORD_BYTES
-from transforms.kinesis.client import StreamCheckError, check_stream, make_kinesis_client
+from transforms.kinesis.client import check_stream, make_kinesis_client
 from transforms.kinesis.replay import (
-    DeadLetterFileError,
     LetterScan,
     ReadSinkDeadLetters,
     any_file_under,
@@ -76,7 +76,7 @@ _SECRET_FLAGS = ("s3_access_key_id", "s3_secret_access_key", "s3_session_token")
 _JOB_ONLY_HINT = "replay takes only the flags in 'python -m pipeline replay --help'"
 
 
-class ReplayUsageError(ValueError):
+class ReplayUsageError(SegmentEventsError, ValueError):
     """A flag is missing or invalid, or the input cannot be replayed; one line."""
 
 
@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings, options = parse_args(argv)
         scan = check_inputs(settings)
-    except (ReplayUsageError, DeadLetterFileError) as err:
+    except SegmentEventsError as err:  # ReplayUsageError, DeadLetterFileError: nothing sent
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except BeamIOError as err:
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not settings.skip_stream_check:
         try:
             preflight_stream(settings)
-        except StreamCheckError as err:
+        except SegmentEventsError as err:  # StreamCheckError
             print(f"error: {err}; nothing was sent", file=sys.stderr)
             return EXIT_USAGE
     try:

@@ -14,6 +14,7 @@ import json
 import pytest
 
 from pipeline.main import main
+from tests.support.dead_letter_schema import validate_dead_letters
 from tools.stream_check import read_lines
 from transforms.segments.memberships import (
     replay_batch,
@@ -93,8 +94,8 @@ def test_a_damaged_record_of_a_known_profile_sends_no_transition(tmp_path, kind)
     # Only the two entries of the first snapshot: no exit of a on day 2, and so no
     # second "realized" on day 3.
     assert statuses == ["realized", "realized"]
-    dead = [json.loads(line) for line in read_lines(str(tmp_path / "out" / "dead"))]
-    assert [d["profile_state"] for d in dead] == ["kept"]
+    dead = validate_dead_letters(read_lines(str(tmp_path / "out" / "dead")))
+    assert [(d["profile_state"], d["reason"]) for d in dead] == [("kept", "invalid_record")]
     assert json.loads(dead[0]["raw"]) == BAD[kind]
 
 

@@ -417,6 +417,43 @@ def test_an_unexpected_failure_keeps_its_traceback_in_an_owner_only_file(
     assert os.stat(report).st_mode & 0o077 == 0
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        "transforms.config.ConfigError",
+        "transforms.snapshots.read.InputError",
+        "transforms.snapshots.snapshot_time.SnapshotTimeError",
+        "pipeline.main.UsageError",
+        "transforms.errors.SegmentEventsError",
+    ],
+)
+def test_an_error_of_the_family_is_one_line_exit_2_before_running_and_1_during_a_run(
+    snapshot, tmp_path, capsys, monkeypatch, error
+):
+    import importlib
+
+    import pipeline.main as cli
+
+    module, name = error.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    path, config = snapshot
+    argv = ["--config", config, "--input", path, "--output_path", str(tmp_path / "o")]
+
+    def refuse(*_args, **_kwargs):
+        raise cls("what to fix")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cli, "parse_args", refuse)
+        assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == ["error: what to fix"]
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(cli.tempfile, "tempdir", None)
+    monkeypatch.setattr(cli, "run_job", refuse)
+    assert main(argv) == 1
+    assert capsys.readouterr().err.splitlines()[0] == "error: the pipeline failed: what to fix"
+
+
 def test_the_declared_python_version_is_the_one_the_code_needs():
     import datetime
     import logging

@@ -18,6 +18,7 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from aws_kinesis_agg.deaggregator import iter_deaggregate_records
 
+from tests.support.dead_letter_schema import validate_dead_letters
 from tools.kinesalite import list_shards, read_all_records
 from transforms.kinesis.sink import WriteToKinesisStream
 
@@ -93,7 +94,7 @@ def run_sink(
     dead_letters = []
     for path in glob.glob(out + "*"):
         with open(path, encoding="utf-8") as fh:
-            dead_letters.extend(json.loads(line) for line in fh if line.strip())
+            dead_letters.extend(validate_dead_letters(line for line in fh if line.strip()))
     return SinkRun(dead_letters, counters, dists)
 
 

@@ -20,8 +20,9 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from tests.support.dead_letter_schema import validate_dead_letter
+from transforms.kinesis.errors import KinesisSinkError
 from transforms.kinesis.settings import (
-    KinesisSinkError,
     SinkMetrics,
     SinkSettings,
 )
@@ -220,10 +221,14 @@ def assert_delivered_in_order(stream, sent):
 
 
 def run(writer: KinesisWriter, records) -> list:
+    """Adds every record and flushes; returns what was given up (dead letters checked
+    against schemas/dead_letter.schema.json)."""
     dead = []
     for key, data in records:
         dead.extend(writer.add(key, data))
     dead.extend(writer.flush())
+    for given_up in dead:
+        validate_dead_letter(given_up.value)
     return dead
 
 

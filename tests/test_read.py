@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.runners import OfflineDirectRunner
+from tests.support.dead_letter_schema import validate_dead_letters
 from tools.sample_data import AVRO_SCHEMA
 from transforms.config import parse_config
 from transforms.snapshots.profiles import RecordError, resolve_profile_key, to_profile_record
@@ -39,7 +40,10 @@ def profile(email: str, status: str = "realized", when="2020-03-03T21:24:39Z", *
 
 
 def read(inputs, config=CONFIG, field=None, baseline=()):
-    """Runs ReadSnapshots; returns (records, dead letters) as lists."""
+    """Runs ReadSnapshots; returns (records, dead letters) as lists.
+
+    Every dead letter is checked against schemas/dead_letter.schema.json.
+    """
     out = tempfile.NamedTemporaryFile(suffix=".pickle", delete=False).name
 
     class Collect(beam.DoFn):
@@ -62,7 +66,7 @@ def read(inputs, config=CONFIG, field=None, baseline=()):
         collected = pickle.load(handle)
     os.unlink(out)
     records = [e for name, e in collected if name == "records"]
-    dead = [e for name, e in collected if name == "dead"]
+    dead = validate_dead_letters(e for name, e in collected if name == "dead")
     return records, dead
 
 
@@ -174,22 +178,23 @@ def test_malformed_records_go_to_dead_letter_and_good_ones_survive(tmp_path):
     assert sorted(d["raw"] for d in dead if d.get("profile_state") == "kept") == sorted(
         lines[i].decode() for i in (5, 6, 8)
     )
-    reasons = sorted(d["reason"] for d in dead)
     assert len(dead) == len(lines) - 1
     assert all(d["file"] == path and d["stage"] == "read" and d["raw"] for d in dead)
-    for expected in (
-        "not valid JSON",
-        "not valid UTF-8",
-        "not an object",
-        "no identity is flagged primary",
-        "unknown status 'qualified'",
-        "lastQualificationTime",
-        "identityMap.email is not a list",
-        "_deleted is not a boolean",
-    ):
-        assert any(expected in reason for reason in reasons), (expected, reasons)
-    raw_texts = {d["raw"] for d in dead}
-    assert "{not json" in raw_texts
+    # The reason is a stable code; the error, the message saying what is wrong.
+    by_raw = {d["raw"]: (d["reason"], d["error"]) for d in dead}
+    expected = [
+        ("{not json", "invalid_json", "not valid JSON"),
+        (lines[2].decode("utf-8", "replace"), "invalid_utf8", "not valid UTF-8"),
+        ("[1, 2]", "invalid_record", "not an object"),
+        (lines[4].decode(), "no_profile_key", "no identity is flagged primary"),
+        (lines[5].decode(), "invalid_record", "unknown status 'qualified'"),
+        (lines[6].decode(), "invalid_record", "lastQualificationTime"),
+        (lines[7].decode(), "invalid_record", "identityMap.email is not a list"),
+        (lines[8].decode(), "invalid_record", "_deleted is not a boolean"),
+    ]
+    for raw, reason, fragment in expected:
+        assert by_raw[raw][0] == reason, (raw, by_raw[raw])
+        assert fragment in by_raw[raw][1], (raw, by_raw[raw])
 
 
 def test_snapshot_time_field_takes_precedence_and_bad_values_dead_letter(tmp_path):
@@ -205,8 +210,8 @@ def test_snapshot_time_field_takes_precedence_and_bad_values_dead_letter(tmp_pat
     records, dead = read([path], field="exportedAt")
     times = {k: r["snapshot_ms"] for k, r in records}
     assert times == {"email:a@x.com": 1706760000000, "email:b@x.com": JAN31}
-    assert [d["reason"] for d in dead] == [
-        "snapshot time field 'exportedAt': not a timestamp: 'soon'"
+    assert [(d["reason"], d["error"]) for d in dead] == [
+        ("no_snapshot_time", "snapshot time field 'exportedAt': not a timestamp: 'soon'")
     ]
 
 
@@ -215,7 +220,8 @@ def test_field_without_value_in_undated_file_is_a_dead_letter(tmp_path):
     write_jsonl(path, [profile("a@x.com")])
     records, dead = read([path], field="exportedAt")
     assert records == []
-    assert "no snapshot time" in dead[0]["reason"]
+    assert dead[0]["reason"] == "no_snapshot_time"
+    assert "no snapshot time" in dead[0]["error"]
 
 
 def test_baseline_records_are_flagged(tmp_path):
@@ -313,8 +319,9 @@ def test_profile_key_rules(rule, record, expected):
     ],
 )
 def test_unresolvable_profile_keys(rule, record, message):
-    with pytest.raises(RecordError, match=message):
+    with pytest.raises(RecordError, match=message) as caught:
         resolve_profile_key(record, rule)
+    assert caught.value.code == "no_profile_key"
 
 
 def test_only_mapped_segments_are_kept_but_all_are_validated():

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.main import main
+from tests.support.dead_letter_schema import validate_dead_letters
 from tools.kinesalite import read_all_records
 from tools.sample_data import AVRO_SCHEMA, write_snapshots
 from tools.stream_check import read_lines
@@ -77,24 +78,46 @@ def summary(out: str) -> dict[str, int]:
     return values
 
 
-# Each malformed kind: (raw line, a fragment of the reason the dead letter must give).
+# Each malformed kind: (raw line, the dead letter's reason code, a fragment of its error).
 MALFORMED = [
-    (b"{not json", "not valid JSON"),
-    (b'{"identityMap": {"email": [{"id": "caf\xe9", "primary": true}]}}', "not valid UTF-8"),
-    (json.dumps({"identityMap": {"email": [{"id": 42, "primary": True}]}}).encode(), "string id"),
+    (b"{not json", "invalid_json", "not valid JSON"),
+    (
+        b'{"identityMap": {"email": [{"id": "caf\xe9", "primary": true}]}}',
+        "invalid_utf8",
+        "not valid UTF-8",
+    ),
+    (
+        json.dumps({"identityMap": {"email": [{"id": 42, "primary": True}]}}).encode(),
+        "invalid_record",
+        "string id",
+    ),
     (
         json.dumps(profile("list@x.com") | {"segmentMembership": [{"ups": SEG}]}).encode(),
+        "invalid_record",
         "segmentMembership is not a map",
     ),
     (
         json.dumps({"identityMap": {"email": {"id": "m@x.com", "primary": True}}}).encode(),
+        "invalid_record",
         "identityMap.email is not a list",
     ),
-    (json.dumps({"identityMap": {"ecid": [{"id": "1"}]}}).encode(), "no profile key"),
-    (json.dumps(profile("status@x.com", status="qualified")).encode(), "unknown status"),
-    (json.dumps(profile("time@x.com", when="yesterday")).encode(), "lastQualificationTime"),
-    (json.dumps([1, 2]).encode(), "not an object"),
-    (b'"just a string"', "not an object"),
+    (
+        json.dumps({"identityMap": {"ecid": [{"id": "1"}]}}).encode(),
+        "no_profile_key",
+        "no profile key",
+    ),
+    (
+        json.dumps(profile("status@x.com", status="qualified")).encode(),
+        "invalid_record",
+        "unknown status",
+    ),
+    (
+        json.dumps(profile("time@x.com", when="yesterday")).encode(),
+        "invalid_record",
+        "lastQualificationTime",
+    ),
+    (json.dumps([1, 2]).encode(), "invalid_record", "not an object"),
+    (b'"just a string"', "invalid_record", "not an object"),
 ]
 
 
@@ -106,7 +129,7 @@ def test_malformed_records_dead_letter_and_the_good_ones_are_sent(
     folder.mkdir(parents=True)
     jsonl = folder / "part-0.jsonl"
     good = [profile(f"good{i}@x.com") for i in range(3)]
-    lines = [json.dumps(good[0]).encode()] + [raw for raw, _ in MALFORMED]
+    lines = [json.dumps(good[0]).encode()] + [raw for raw, _, _ in MALFORMED]
     lines.insert(5, json.dumps(good[1]).encode())
     jsonl.write_bytes(b"\n".join(lines) + b"\n")
     # The other formats dead-letter too, and their good records survive.
@@ -158,21 +181,26 @@ def test_malformed_records_dead_letter_and_the_good_ones_are_sent(
     code = main([*argv, "--max_bad_records", str(unreadable)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    letters = [json.loads(line) for line in read_lines(str(dead))]
+    letters = validate_dead_letters(read_lines(str(dead)))
     assert len(letters) == len(MALFORMED) + 2
     by_file = {}
     for letter in letters:
         assert letter["stage"] == "read" and letter["reason"] and letter["raw"], letter
         by_file.setdefault(letter["file"], []).append(letter)
     assert sorted(by_file) == sorted([str(jsonl), str(avro), str(parquet)])
-    raw_to_reason = {d["raw"]: d["reason"] for d in by_file[str(jsonl)]}
-    for raw, reason in MALFORMED:
+    raw_to_letter = {d["raw"]: d for d in by_file[str(jsonl)]}
+    for raw, reason, fragment in MALFORMED:
         text = raw.decode("utf-8", "replace")
-        assert text in raw_to_reason, text
-        assert reason in raw_to_reason[text], (text, raw_to_reason[text])
-    assert "unknown status 'gone'" in by_file[str(avro)][0]["reason"]
-    assert "avro-bad@x.com" in by_file[str(avro)][0]["raw"]
-    assert "no profile key" in by_file[str(parquet)][0]["reason"]
+        assert text in raw_to_letter, text
+        assert raw_to_letter[text]["reason"] == reason, (text, raw_to_letter[text])
+        assert fragment in raw_to_letter[text]["error"], (text, raw_to_letter[text])
+    [avro_letter] = by_file[str(avro)]
+    assert avro_letter["reason"] == "invalid_record"
+    assert "unknown status 'gone'" in avro_letter["error"]
+    assert "avro-bad@x.com" in avro_letter["raw"]
+    [parquet_letter] = by_file[str(parquet)]
+    assert parquet_letter["reason"] == "no_profile_key"
+    assert "no profile key" in parquet_letter["error"]
     # Counted in the summary.
     counts = summary(captured.out)
     assert counts["dead letters (input)"] == len(MALFORMED) + 2

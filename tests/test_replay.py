@@ -27,7 +27,9 @@ import sys
 import pytest
 
 from pipeline.main import main as job_main
+from pipeline.replay import check_inputs, parse_args
 from pipeline.replay import main as replay_main
+from tests.support.dead_letter_schema import validate_dead_letters
 from tools.kinesalite import read_all_records
 from tools.stream_check import (
     check_numbered_stream,
@@ -37,7 +39,14 @@ from tools.stream_check import (
     read_lines,
     write_numbered_snapshots,
 )
-from transforms.kinesis.replay import in_replay_order, is_dead_letter_file, shown_reason
+from transforms.kinesis.replay import (
+    in_replay_order,
+    is_dead_letter_file,
+    parse_letter,
+    scan_dead_letters,
+    shown_reason,
+)
+from transforms.kinesis.replay import read_lines as read_letter_lines
 from transforms.kinesis.sink import WriteToKinesisStream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,11 +79,12 @@ def keys_in(profiles: int, upper: int) -> set[str]:
 
 
 def read_letters(prefix_glob: str) -> list[dict]:
-    """Every dead letter of the files matching the glob, files by name, lines in order."""
+    """Every dead letter of the files matching the glob, files by name, lines in order;
+    each checked against schemas/dead_letter.schema.json (the job's and the replay's)."""
     letters = []
     for path in sorted(glob.glob(prefix_glob)):
         with open(path, "rb") as handle:
-            letters.extend(json.loads(line) for line in handle if line.strip())
+            letters.extend(validate_dead_letters(line for line in handle if line.strip()))
     return letters
 
 
@@ -292,7 +302,7 @@ def test_input_dead_letters_are_refused_and_nothing_is_sent(
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert f"1 of {len(letters)} dead letters are not from the Kinesis sink" in lines[0]
-    assert 'read "segmentMembership.ups.s1": 1' in lines[0]
+    assert 'read "invalid_record": 1' in lines[0]
     assert "re-run of the job" in lines[0] and "Nothing was sent" in lines[0]
     # No quoted input in the line (the reason's detail may hold personal data).
     assert "qualified" not in lines[0]
@@ -391,6 +401,53 @@ def test_replay_order_is_file_then_line_whatever_the_arrival_order():
     random.Random(7).shuffle(shuffled)
     assert shuffled != records
     assert [data for _, data in in_replay_order(("k", shuffled))] == [r[2] for r in records]
+
+
+# Read letters as versions before reason codes wrote them: the message in reason, no error.
+OLD_READ_LETTERS = [
+    {
+        "stage": "read",
+        "reason": "segmentMembership.ups.s1: unknown status 'qualified'",
+        "file": "/in/snapshot=2024-01-02/part-0.jsonl",
+        "raw": '{"identityMap": {"email": [{"id": "a@b.c", "primary": true}]}}',
+        "profile_state": "kept",
+    },
+    {
+        "stage": "read",
+        "reason": "line is not valid JSON: Expecting value at column 1",
+        "file": "/in/snapshot=2024-01-02/part-0.jsonl",
+        "raw": "{broken",
+        "profile_state": "unknown",
+        "snapshot_ms": 1704153600000,
+    },
+]
+
+
+def test_dead_letter_files_of_earlier_versions_are_read(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    dead = str(tmp_path / "old" / "dead")
+    # The sink's letters have kept their shape; the read letters had no error.
+    path = write_letters(dead, [sink_letter("k", 1), *OLD_READ_LETTERS])
+    letters = [parse_letter(line, path, n) for n, line in read_letter_lines(path)]
+    validate_dead_letters(letters)
+    assert letters[0] == sink_letter("k", 1)
+    assert [(d["reason"], d["error"]) for d in letters[1:]] == [
+        ("invalid_record", OLD_READ_LETTERS[0]["reason"]),
+        ("invalid_json", OLD_READ_LETTERS[1]["reason"]),
+    ]
+    scan = scan_dead_letters([path], 1_048_576)
+    assert scan.letters == 3
+    assert scan.not_replayable == {("read", "invalid_record"): 1, ("read", "invalid_json"): 1}
+    # Refused as before, counted by code, no input quoted.
+    assert replay_main(replay_args(dead, "s", "http://127.0.0.1:9")) == 2
+    err = capsys.readouterr().err
+    assert 'read "invalid_record": 1' in err and 'read "invalid_json": 1' in err, err
+    assert "qualified" not in err
+    # An earlier version's sink letters alone pass every check before sending.
+    sink_only = str(tmp_path / "sink-only" / "dead")
+    write_letters(sink_only, [sink_letter("k", 1), sink_letter("k", 2)])
+    settings, _ = parse_args(replay_args(sink_only, "s", "http://127.0.0.1:9"))
+    assert check_inputs(settings).letters == 2
 
 
 def test_shown_reason_keeps_no_quoted_input():

@@ -12,6 +12,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from pipeline.runners import OfflineDirectRunner
+from tests.support.dead_letter_schema import validate_dead_letter
 from transforms.config import parse_config
 from transforms.segments.transitions import ComputeSegmentTransitions
 
@@ -64,6 +65,8 @@ def watermark(ms):
 def run_stream(stream, cfg, expected, dead=(), allow_mass_exit=False):
     """Runs the stream; asserts transitions (non-empty) and dead letters as (reason, file).
 
+    Every dead letter is also checked against schemas/dead_letter.schema.json.
+
     Streams advance the watermark past their last timers before it goes to infinity:
     the BundleBasedDirectRunner's user timers do not hold the watermark, so outputs of
     timers that only fire at infinity can miss the end-of-window assertion.
@@ -78,11 +81,17 @@ def run_stream(stream, cfg, expected, dead=(), allow_mass_exit=False):
         | ComputeSegmentTransitions(cfg, streaming=True, allow_mass_exit=allow_mass_exit)
     )
     assert_that(result.transitions, equal_to(expected), label="transitions")
-    letters = result.dead_letters | beam.Map(lambda d: (d["stage"], d["reason"], d["file"]))
+    letters = result.dead_letters | beam.Map(_checked, ("stage", "reason", "file"))
     assert_that(letters, equal_to(list(dead)), label="dead letters")
     # No metric assertions here: the BundleBasedDirectRunner (TestStream) drops most
     # user counters of streaming runs; the batch tests check the metrics.
     pipeline.run().wait_until_finish()
+
+
+def _checked(letter: dict, fields: tuple[str, ...]) -> tuple:
+    """A dead letter's ``fields``, once it is checked against the schema."""
+    validate_dead_letter(letter)
+    return tuple(letter[field] for field in fields)
 
 
 def test_state_carries_across_snapshots_arriving_out_of_order():
@@ -276,7 +285,7 @@ def _run_with_letters(stream, cfg, expected, dead):
     both = pipeline | stream | beam.Partition(lambda e, _n: 0 if isinstance(e, tuple) else 1, 2)
     result = both[0] | ComputeSegmentTransitions(cfg, streaming=True, read_dead_letters=both[1])
     assert_that(result.transitions, equal_to(expected), label="transitions")
-    letters = result.dead_letters | beam.Map(lambda d: (d["stage"], d["reason"]))
+    letters = result.dead_letters | beam.Map(_checked, ("stage", "reason"))
     assert_that(letters, equal_to(list(dead)), label="dead letters")
     pipeline.run().wait_until_finish()
 

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from transforms.errors import SegmentEventsError
+
 # Keys of the config file, in the order of docs/contract.md §3.
 _TOP_LEVEL_KEYS = (
     "segments",
@@ -47,7 +49,7 @@ _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _RESERVED_TOP_LEVEL = ("identityMap", "segmentMembership", "eventId", "_deleted")
 
 
-class ConfigError(ValueError):
+class ConfigError(SegmentEventsError, ValueError):
     """The config file is missing, unreadable or invalid; the message says what to fix."""
 
 
@@ -400,7 +402,7 @@ def _parse_duration(value: Any) -> int | None:
     )
 
 
-class _DuplicateKeyError(ValueError):
+class _DuplicateKeyError(SegmentEventsError, ValueError):
     """A JSON object of the config file has the same key twice."""
 
 

@@ -45,10 +45,8 @@ from pipeline.main import (
     preflight_stream,
 )
 from pipeline.options import SegmentEventsOptions
-from transforms.config import ConfigError
+from transforms.errors import SegmentEventsError
 from transforms.kinesis.client import StreamCheckError
-from transforms.snapshots.read import InputError
-from transforms.snapshots.snapshot_time import SnapshotTimeError
 
 _LOGGER = logging.getLogger(__name__)
 WORKER_IMAGE_ENV = "SEGMENT_EVENTS_WORKER_IMAGE"
@@ -123,8 +121,9 @@ def build(argv: Sequence[str], env: Mapping[str, str]) -> beam.Pipeline:
     """Checks the launch's arguments and builds the job (not run).
 
     Raises:
-        UsageError, ConfigError, InputError, SnapshotTimeError: the arguments are wrong.
         StreamCheckError: the stream cannot be written (unless ``--skip_stream_check``).
+        SegmentEventsError: the arguments are wrong (``UsageError``, ``ConfigError``,
+            ``InputError``, ``SnapshotTimeError``: transforms/errors.py).
     """
     with tempfile.TemporaryDirectory(prefix="segment-events-template-") as folder:
         settings, config, options = parse_args(with_local_config(template_argv(argv, env), folder))
@@ -144,11 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
     try:
         pipeline = build(list(sys.argv[1:] if argv is None else argv), os.environ)
-    except (UsageError, ConfigError, InputError, SnapshotTimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
     except StreamCheckError as err:
         print(f"error: {err}; nothing was run", file=sys.stderr)
+        return EXIT_USAGE
+    except SegmentEventsError as err:  # found before anything was submitted
+        print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     try:
         pipeline.run()

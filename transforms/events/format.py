@@ -36,6 +36,7 @@ from apache_beam.metrics import Metrics
 
 from transforms import progress
 from transforms.config import ActivationConfig, SegmentMapping
+from transforms.errors import SegmentEventsError
 from transforms.events.identities import output_identities
 from transforms.events.timestamps import TimestampError, format_timestamp, parse_timestamp
 from transforms.metrics import METRICS_NAMESPACE
@@ -48,7 +49,7 @@ _LOGGER = logging.getLogger(__name__)
 EVENT_STATUSES = tuple(sorted(STATUSES))
 
 
-class EventFormatError(ValueError):
+class EventFormatError(SegmentEventsError, ValueError):
     """A transition cannot be formatted. Messages never hold profile keys or values."""
 
 

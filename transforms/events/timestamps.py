@@ -10,6 +10,8 @@ import datetime as dt
 import functools
 import re
 
+from transforms.errors import SegmentEventsError
+
 _UTC = dt.UTC
 # ISO-8601 date-time with an optional fraction and a Z, +HHMM or +HH:MM offset.
 _DATETIME_RE = re.compile(
@@ -21,7 +23,7 @@ _DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 _MAX_EPOCH_MS = 7_258_118_400_000
 
 
-class TimestampError(ValueError):
+class TimestampError(SegmentEventsError, ValueError):
     """A value is not a timestamp form the spec accepts."""
 
 

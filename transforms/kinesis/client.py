@@ -18,6 +18,7 @@ import botocore.session
 from botocore.config import Config
 from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
 
+from transforms.errors import SegmentEventsError
 from transforms.kinesis.aggregation import stream_params
 from transforms.kinesis.errors import classify_exception
 
@@ -116,7 +117,7 @@ def make_kinesis_client(
     return session.client("kinesis", endpoint_url=endpoint_url, config=config)
 
 
-class StreamCheckError(RuntimeError):
+class StreamCheckError(SegmentEventsError, RuntimeError):
     """The stream cannot be written: missing, not active, or not visible to the caller."""
 
 

@@ -1,4 +1,5 @@
-"""Classification of Kinesis PutRecords failures into fatal, throttled and retryable.
+"""The sink's error, and the classification of PutRecords failures into fatal,
+throttled and retryable.
 
 The sink retries by itself (botocore retries are off), so every exception and every
 failed response entry is sorted here into one of three kinds:
@@ -17,6 +18,8 @@ import dataclasses
 from typing import Any
 
 from botocore import exceptions as boto_exc
+
+from transforms.errors import SegmentEventsError
 
 FATAL = "fatal"
 THROTTLED = "throttled"
@@ -71,6 +74,11 @@ _FATAL_CODES = frozenset(
 )
 
 _MAX_MESSAGE_CHARS = 500
+
+
+class KinesisSinkError(SegmentEventsError, RuntimeError):
+    """A Kinesis failure that must fail the job (fatal error, or undeliverable record with
+    the dead letter disabled). The message is one line naming the stream and the error."""
 
 
 @dataclasses.dataclass(frozen=True)

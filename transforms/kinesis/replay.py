@@ -1,9 +1,10 @@
 """Reading the Kinesis sink's dead letters back, to send them again (docs/replay.md).
 
-The sink writes a record it gives up as a JSON object (:func:`transforms.kinesis.settings.
-dead_letter_value`): ``stage`` ``kinesis_sink``, ``reason``, ``error``, ``raw`` (the
+The sink writes a record it gives up as a JSON object (:func:`transforms.dead_letters.
+sink_dead_letter`): ``stage`` ``kinesis_sink``, ``reason``, ``error``, ``raw`` (the
 event bytes as UTF-8 text) and ``partition_key``. The job writes these objects, with
 the dead letters of its other stages, as JSON Lines under ``--dead_letter_path``.
+Letters of earlier versions are read too (:func:`transforms.dead_letters.upgrade`).
 
 This module holds the pure parts of a replay (which files, what a letter holds, which
 letters may be sent again) and :class:`ReadSinkDeadLetters`, the PTransform that turns
@@ -32,6 +33,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.dead_letters import upgrade
+from transforms.errors import SegmentEventsError
 from transforms.kinesis.batching import record_size
 from transforms.kinesis.settings import DEAD_LETTER_STAGE
 
@@ -40,12 +43,13 @@ from transforms.kinesis.settings import DEAD_LETTER_STAGE
 _FILE_SUFFIX = re.compile(
     r"-(?:run\d{3}-)?\d{5}-of-\d{5}\.jsonl|-\d{8}T\d{12}Z-[0-9a-f]{12}\.jsonl"
 )
-# A reason of the read stage is a message that may quote the input (PII): only the
-# part before its first ": " is shown (a field path or a fixed phrase).
+# Reasons are short codes, also in upgraded letters of earlier versions; a reason that is
+# still a message (a line of unknown origin) may quote the input (PII): only the part
+# before its first ": " is shown.
 _MAX_REASON_CHARS = 60
 
 
-class DeadLetterFileError(ValueError):
+class DeadLetterFileError(SegmentEventsError, ValueError):
     """A dead-letter file cannot be used; the message names the file and line, never
     its content."""
 
@@ -113,6 +117,9 @@ def read_lines(path: str) -> Iterator[tuple[int, bytes]]:
 def parse_letter(line: bytes, path: str, number: int) -> dict[str, Any]:
     """One dead letter as a dict, checked for the fields a replay needs.
 
+    A read letter written by an earlier version (its message in ``reason``, no
+    ``error``) comes back in today's shape, its reason a code.
+
     Raises:
         DeadLetterFileError: The line is not a dead letter of this job.
     """
@@ -130,7 +137,7 @@ def parse_letter(line: bytes, path: str, number: int) -> dict[str, Any]:
             raise DeadLetterFileError(
                 f"{where}: a kinesis_sink dead letter without its raw event or partition key"
             )
-    return letter
+    return upgrade(letter)
 
 
 def shown_reason(letter: dict[str, Any]) -> str:
@@ -175,7 +182,7 @@ def scan_dead_letters(paths: Iterable[str], max_record_bytes: int) -> LetterScan
 
 
 def describe_counts(counts: collections.Counter, most: int = 5) -> str:
-    """``read "no profile key": 2, transitions "late_snapshot": 1`` (most frequent first)."""
+    """``read "no_profile_key": 2, transitions "late_snapshot": 1`` (most frequent first)."""
     ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     shown = [f'{stage} "{reason}": {n}' for (stage, reason), n in ordered[:most]]
     if len(ordered) > most:

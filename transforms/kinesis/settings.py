@@ -1,7 +1,9 @@
-"""The sink's settings, its error, its metrics interface and its dead letters.
+"""The sink's settings, its metrics interface and its given-up records.
 
 Shared by the PutRecords engine (:mod:`transforms.kinesis.writer`) and the Beam sink
-(:mod:`transforms.kinesis.sink`); Beam-independent.
+(:mod:`transforms.kinesis.sink`); Beam-independent. The sink's error is
+:class:`transforms.kinesis.errors.KinesisSinkError`; its dead letters are built by
+:func:`transforms.dead_letters.sink_dead_letter`, like every stage's.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from transforms.dead_letters import KINESIS_SINK
 from transforms.kinesis.aggregation import (
     DEFAULT_AGGREGATION_MAX_BYTES,
 )
@@ -18,12 +21,7 @@ from transforms.kinesis.batching import (
     MAX_REQUEST_BYTES,
 )
 
-DEAD_LETTER_STAGE = "kinesis_sink"
-
-
-class KinesisSinkError(RuntimeError):
-    """A Kinesis failure that must fail the job (fatal error, or undeliverable record with
-    the dead letter disabled). The message is one line naming the stream and the error."""
+DEAD_LETTER_STAGE = KINESIS_SINK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,20 +112,10 @@ class SinkMetrics:
 
 
 @dataclasses.dataclass
-class DeadLetter:
-    """A record given up, with the element timestamp it came with."""
+class GivenUp:
+    """A record given up: its dead letter (a dict of
+    :func:`transforms.dead_letters.sink_dead_letter`), with the element timestamp the
+    record came with."""
 
     value: dict[str, Any]
     timestamp: Any
-
-
-def dead_letter_value(partition_key: str, data: bytes, reason: str, error: str) -> dict[str, Any]:
-    """The dead-letter dict of the sink (shape shared with the pipeline's other stages)."""
-    return {
-        "stage": DEAD_LETTER_STAGE,
-        "reason": reason,
-        "error": error,
-        "file": None,
-        "raw": data.decode("utf-8", "replace"),
-        "partition_key": partition_key,
-    }

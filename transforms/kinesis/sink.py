@@ -8,10 +8,11 @@ Usage::
 Input elements are ``(partition_key: str, data: bytes)``; elements of one partition key must
 arrive in the order they are to reach the stream (within a bundle). The output is a
 PCollection, in the global window, of dead-letter dicts (records that could not be
-delivered), empty when all went well::
+delivered; :func:`transforms.dead_letters.sink_dead_letter`), empty when all went well::
 
     {"stage": "kinesis_sink", "reason": "record_too_large" | "retries_exhausted" |
-     "invalid_partition_key", "error": "<Kinesis code: message>", "file": None,
+     "blocked_by_earlier_failure" | "invalid_partition_key",
+     "error": "<detail, e.g. the Kinesis code: message>", "file": None,
      "raw": "<data as text>", "partition_key": "<key>"}
 
 Guarantees (docs/contract.md §6): PutRecords within the service limits; retries of failed entries
@@ -45,9 +46,9 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms import progress
 from transforms.kinesis.batching import DEFAULT_MAX_RECORD_BYTES
 from transforms.kinesis.client import make_kinesis_client
+from transforms.kinesis.errors import KinesisSinkError
 from transforms.kinesis.settings import (
-    DeadLetter,
-    KinesisSinkError,
+    GivenUp,
     SinkMetrics,
     SinkSettings,
 )
@@ -96,7 +97,7 @@ class _BeamSinkMetrics(SinkMetrics):
         self._distributions[name].update(value)
 
 
-def _windowed(dead: DeadLetter) -> WindowedValue:
+def _windowed(dead: GivenUp) -> WindowedValue:
     # Emitted in the global window (finish_bundle has no input window to inherit), at the
     # timestamp of the element the record came from.
     return WindowedValue(dead.value, dead.timestamp, (GlobalWindow(),))

@@ -19,6 +19,13 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
+from transforms.dead_letters import (
+    BLOCKED_BY_EARLIER_FAILURE,
+    INVALID_PARTITION_KEY,
+    RECORD_TOO_LARGE,
+    RETRIES_EXHAUSTED,
+    sink_dead_letter,
+)
 from transforms.kinesis import errors as kinesis_errors
 from transforms.kinesis.aggregation import (
     DEFAULT_MAX_SHARD_BYTES_PER_REQUEST,
@@ -36,20 +43,19 @@ from transforms.kinesis.batching import (
     plain_entries,
     record_size,
 )
+from transforms.kinesis.errors import KinesisSinkError
 from transforms.kinesis.ratelimit import AimdController, TokenBucket, full_jitter_backoff
 from transforms.kinesis.settings import (
-    DeadLetter,
-    KinesisSinkError,
+    GivenUp,
     SinkMetrics,
     SinkSettings,
-    dead_letter_value,
 )
 
 _LOGGER = logging.getLogger(__name__)
 
 
 # The reason of a record dead-lettered because an earlier record of its key was.
-BLOCKED = "blocked_by_earlier_failure"
+BLOCKED = BLOCKED_BY_EARLIER_FAILURE
 _BLOCKED_ERROR = (
     "an earlier record of this partition key was dead-lettered; sent now, this one would "
     "overtake it (replay the dead letters in order)"
@@ -120,7 +126,7 @@ class KinesisWriter:
         self._results: queue.SimpleQueue = queue.SimpleQueue()
         self._in_flight: dict[int, _Request] = {}
         self._ids = itertools.count()
-        self._dead: list[DeadLetter] = []
+        self._dead: list[GivenUp] = []
         self._failed: KinesisSinkError | None = None
         self._state = state or WriterState(settings, now=clock())
         self._hard_limit = self._state.hard_limit
@@ -153,7 +159,7 @@ class KinesisWriter:
         """The current AIMD rate limit (None: unlimited)."""
         return self._aimd.rate(self._clock())
 
-    def add(self, partition_key: str, data: bytes, timestamp: Any = None) -> list[DeadLetter]:
+    def add(self, partition_key: str, data: bytes, timestamp: Any = None) -> list[GivenUp]:
         """Buffers one record; may send, and blocks while the buffer is at its limit.
 
         Returns:
@@ -178,7 +184,7 @@ class KinesisWriter:
                 partition_key,
                 data,
                 timestamp,
-                "invalid_partition_key",
+                INVALID_PARTITION_KEY,
                 f"partition key must have 1 to {MAX_PARTITION_KEY_CHARS} characters",
             )
         elif size > self._s.max_record_bytes:
@@ -186,7 +192,7 @@ class KinesisWriter:
                 partition_key,
                 data,
                 timestamp,
-                "record_too_large",
+                RECORD_TOO_LARGE,
                 f"record is {size} bytes (data + partition key), limit {self._s.max_record_bytes}",
             )
         else:
@@ -203,7 +209,7 @@ class KinesisWriter:
             self._pump(flush=False)
         return self._take_dead()
 
-    def flush(self) -> list[DeadLetter]:
+    def flush(self) -> list[GivenUp]:
         """Sends everything buffered; returns once every record is acknowledged or given up.
 
         Returns:
@@ -471,7 +477,7 @@ class KinesisWriter:
                     r.partition_key,
                     r.data,
                     r.timestamp,
-                    "retries_exhausted",
+                    RETRIES_EXHAUSTED,
                     f"{failure.describe()} (after {r.attempts} attempts)",
                 )
                 for later in behind:
@@ -509,10 +515,12 @@ class KinesisWriter:
             )
             raise self._failed
         self._dead.append(
-            DeadLetter(dead_letter_value(partition_key, data, reason, error), timestamp)
+            GivenUp(
+                sink_dead_letter(reason, error, partition_key=partition_key, data=data), timestamp
+            )
         )
 
-    def _take_dead(self) -> list[DeadLetter]:
+    def _take_dead(self) -> list[GivenUp]:
         dead, self._dead = self._dead, []
         return dead
 

@@ -15,6 +15,8 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import progress
+from transforms.dead_letters import UNKNOWN
+from transforms.errors import SegmentEventsError
 from transforms.events.timestamps import format_timestamp
 from transforms.segments.carried_state import is_carried_state
 from transforms.segments.codecs import presence_of
@@ -31,14 +33,14 @@ _LOGGER = logging.getLogger(__name__)
 MIN_TRACKED_PROFILES = 100
 
 
-class MassExitError(ValueError):
+class MassExitError(SegmentEventsError, ValueError):
     """A batch run would exit too many profiles at once (docs/contract.md §7); nothing was sent."""
 
 
 # ------------------------------------------------------------------ bad-records guard
 
 
-class BadRecordsError(ValueError):
+class BadRecordsError(SegmentEventsError, ValueError):
     """More input records than ``--max_bad_records`` could not be tied to a profile."""
 
 
@@ -49,7 +51,7 @@ class CountUnreadableFn(beam.CombineFn):
         return {}
 
     def add_input(self, accumulator: dict[int, int], letter: dict) -> dict[int, int]:
-        if letter.get("profile_state") == "unknown":
+        if letter.get("profile_state") == UNKNOWN:
             snapshot_ms = letter.get("snapshot_ms")
             key = ANY_SNAPSHOT if snapshot_ms is None else snapshot_ms
             accumulator[key] = accumulator.get(key, 0) + 1

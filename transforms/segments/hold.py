@@ -42,6 +42,12 @@ from apache_beam.transforms import userstate
 from apache_beam.transforms.timeutil import TimeDomain
 
 from transforms.config import ActivationConfig
+from transforms.dead_letters import (
+    INCOMPLETE_SNAPSHOT,
+    MASS_EXIT_HELD,
+    UNKNOWN,
+    transitions_dead_letter,
+)
 from transforms.events.timestamps import format_timestamp
 from transforms.metrics import METRICS_NAMESPACE
 from transforms.segments.codecs import VALUE_CODER
@@ -56,15 +62,14 @@ _LOGGER = logging.getLogger(__name__)
 _NEWEST = -(2**62) + 1
 _NEVER = -(2**63)
 
-# Verdicts.
+# Verdicts: send, or withhold as MASS_EXIT_HELD or INCOMPLETE_SNAPSHOT, which are the
+# withheld exits' dead-letter reasons too.
 SEND = "send"
-MASS_EXIT_HELD = "mass_exit_held"
-INCOMPLETE_SNAPSHOT = "incomplete_snapshot"
 
 
 def incomplete_marker(letter: dict, timestamp_ms_: int) -> list[tuple[str, tuple]]:
     """A read dead letter -> the guard's "incomplete snapshot" message, if it is one."""
-    if letter.get("profile_state") != "unknown":
+    if letter.get("profile_state") != UNKNOWN:
         return []
     snapshot_ms = letter.get("snapshot_ms")
     return [(GUARD_KEY, ("incomplete", timestamp_ms_ if snapshot_ms is None else snapshot_ms))]
@@ -349,18 +354,15 @@ def _withheld_letter(key: str, transition: dict, last_seen: int, verdict: str) -
         else "not proven: a snapshot within absent_profile_ttl after it had unreadable "
         "records, and the profile may be one of them; profiles"
     )
-    return {
-        "stage": "transitions",
-        "reason": verdict,
-        "error": (
+    return transitions_dead_letter(
+        verdict,
+        (
             f"exit at {format_timestamp(transition['snapshot_ms'])} {why} last seen at "
             f"snapshot {format_timestamp(last_seen)} expired at once"
             if verdict == MASS_EXIT_HELD
             else f"exit at {format_timestamp(transition['snapshot_ms'])} {why} last seen at "
             f"snapshot {format_timestamp(last_seen)} are withheld"
         ),
-        "file": "",
-        "raw": json.dumps(
-            {"profile_key": key, "transition": transition}, sort_keys=True, default=str
-        ),
-    }
+        file="",
+        raw=json.dumps({"profile_key": key, "transition": transition}, sort_keys=True, default=str),
+    )

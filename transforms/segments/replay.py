@@ -26,6 +26,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import progress
 from transforms.config import ActivationConfig
+from transforms.dead_letters import LATE_SNAPSHOT, transitions_dead_letter
 from transforms.events.timestamps import format_timestamp
 from transforms.metrics import METRICS_NAMESPACE
 from transforms.report.facts import CAUSE, bundle_facts, count_members, exit_cause
@@ -88,17 +89,13 @@ class TransitionsFnBase(beam.DoFn):
         self._tally.counters["late_records"] += 1
         return TaggedOutput(
             DEAD,
-            {
-                "stage": "transitions",
-                "reason": "late_snapshot",
-                "error": (
-                    f"record of snapshot {format_timestamp(record['snapshot_ms'])} arrived "
-                    f"after snapshot {format_timestamp(applied_ms)} was applied to its "
-                    "profile; not applied"
-                ),
-                "file": record.get("file", ""),
-                "raw": json.dumps(record, sort_keys=True, default=str),
-            },
+            transitions_dead_letter(
+                LATE_SNAPSHOT,
+                f"record of snapshot {format_timestamp(record['snapshot_ms'])} arrived after "
+                f"snapshot {format_timestamp(applied_ms)} was applied to its profile; not applied",
+                file=record.get("file", ""),
+                raw=json.dumps(record, sort_keys=True, default=str),
+            ),
         )
 
 

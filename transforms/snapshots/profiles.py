@@ -28,6 +28,8 @@ from __future__ import annotations
 from typing import Any
 
 from transforms.config import ActivationConfig
+from transforms.dead_letters import INVALID_RECORD, NO_PROFILE_KEY
+from transforms.errors import SegmentEventsError
 from transforms.events.timestamps import TimestampError, parse_timestamp
 
 MEMBER_STATUSES = frozenset(("realized", "existing"))
@@ -35,8 +37,20 @@ STATUSES = frozenset(("realized", "existing", "exited"))
 _RESERVED = ("identityMap", "segmentMembership", "_deleted")
 
 
-class RecordError(ValueError):
-    """A record cannot be used; the message is the dead-letter reason."""
+class RecordError(SegmentEventsError, ValueError):
+    """A record cannot be used; it becomes a dead letter of the read stage.
+
+    Args:
+        message: What is wrong, for a person (the dead letter's ``error``; it may quote
+            the input).
+        code: The dead letter's ``reason``, a read-stage code of
+            :mod:`transforms.dead_letters`: ``invalid_record`` unless the record lacks
+            its profile key, its snapshot time, or is not even UTF-8 or JSON.
+    """
+
+    def __init__(self, message: str, code: str = INVALID_RECORD) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def resolve_profile_key(record: dict, rule: str) -> str:
@@ -56,7 +70,9 @@ def resolve_profile_key(record: dict, rule: str) -> str:
     if rule.startswith("field:"):
         value = get_path(record, rule[len("field:") :])
         if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-            raise RecordError(f"no profile key: field {rule[6:]!r} is missing or not a string")
+            raise RecordError(
+                f"no profile key: field {rule[6:]!r} is missing or not a string", NO_PROFILE_KEY
+            )
         return str(value)
     identity_map = record.get("identityMap") or {}
     if rule == "primary":
@@ -66,12 +82,12 @@ def resolve_profile_key(record: dict, rule: str) -> str:
                     ident = entry.get("id")
                     if isinstance(ident, str) and ident:
                         return f"{namespace}:{ident}"
-        raise RecordError("no profile key: no identity is flagged primary")
+        raise RecordError("no profile key: no identity is flagged primary", NO_PROFILE_KEY)
     for entry in identity_map.get(rule) or ():
         ident = entry.get("id") if isinstance(entry, dict) else None
         if isinstance(ident, str) and ident:
             return ident
-    raise RecordError(f"no profile key: no identity in namespace {rule!r}")
+    raise RecordError(f"no profile key: no identity in namespace {rule!r}", NO_PROFILE_KEY)
 
 
 def to_profile_record(
@@ -94,7 +110,7 @@ def to_profile_record(
         The profile key and the internal record described in the module docstring.
 
     Raises:
-        RecordError: The record is malformed; the message is the reason.
+        RecordError: The record is malformed (see its message and code).
     """
     if not isinstance(record, dict):
         raise RecordError(f"record is not an object but {type(record).__name__}")

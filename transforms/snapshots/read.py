@@ -10,8 +10,9 @@ Each matched file is read whole by one DoFn (:class:`_ReadFileFn`) through Beam'
 transforms are not used because their errors do not name the file: here a file that
 cannot be opened or decoded fails the run with :class:`InputFileError`, whose one-line
 message starts with the file's path. A malformed *record* is not a file error: it goes to
-the dead letter with its raw input, its file and the reason. Files are spread over workers
-by a ``Reshuffle`` of their paths; a file is not split (exports come as many part files).
+the dead letters (:mod:`transforms.dead_letters`) with its raw input, its file, a reason
+code and the error. Files are spread over workers by a ``Reshuffle`` of their paths; a
+file is not split (exports come as many part files).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms import progress
+from transforms import dead_letters, progress
 from transforms.config import ActivationConfig
+from transforms.errors import SegmentEventsError
 from transforms.events.timestamps import TimestampError, parse_timestamp
 from transforms.metrics import METRICS_NAMESPACE
 from transforms.segments.carried_state import (
@@ -58,7 +60,7 @@ SNAPSHOTS_TAG = "snapshots"
 _IGNORED_PREFIXES = ("_", ".")
 
 
-class InputError(ValueError):
+class InputError(SegmentEventsError, ValueError):
     """An input pattern or file cannot be used; the message names it."""
 
 
@@ -149,7 +151,7 @@ class ReadSnapshots(beam.PTransform):
     """Reads snapshot files into ``(profile key, internal profile record)`` pairs.
 
     The result is a dict of two PCollections: ``"records"`` and ``"dead_letters"``
-    (dicts with ``stage``, ``reason``, ``file`` and ``raw``).
+    (read-stage dicts of :func:`transforms.dead_letters.read_dead_letter`).
 
     Args:
         inputs: ``--input`` glob patterns.
@@ -406,18 +408,23 @@ class _ParseRecordFn(beam.DoFn):
             yield to_profile_record(record, self._config, snapshot_ms, path, baseline)
         except RecordError as err:
             self._dead.inc()
-            letter = {"stage": "read", "reason": str(err), "file": path, "raw": _raw_text(raw)}
             key = None if snapshot_ms is None else known_profile_key(record, self._config)
             if key is not None:
                 # The profile is in this snapshot: it keeps its state, it is not absent.
                 self._kept.inc()
-                letter["profile_state"] = "kept"
                 yield key, keep_record(snapshot_ms, path, baseline)
             else:
                 # Whose record this was is unknown: its snapshot is incomplete, and an
                 # absence from it proves nothing (see --max_bad_records).
-                letter["profile_state"] = "unknown"
-                letter["snapshot_ms"] = self._path_snapshot_time(path, snapshot_ms)
+                snapshot_ms = self._path_snapshot_time(path, snapshot_ms)
+            letter = dead_letters.read_dead_letter(
+                err.code,
+                str(err),
+                file=path,
+                raw=raw,
+                kept=key is not None,
+                snapshot_ms=snapshot_ms,
+            )
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
 
     def _decode(self, raw: Any, fmt: str) -> Any:
@@ -426,13 +433,15 @@ class _ParseRecordFn(beam.DoFn):
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise RecordError(
-                    f"line is not valid UTF-8: {err.reason} at byte {err.start}"
+                    f"line is not valid UTF-8: {err.reason} at byte {err.start}",
+                    dead_letters.INVALID_UTF8,
                 ) from None
             try:
                 return json.loads(text)
             except json.JSONDecodeError as err:
                 raise RecordError(
-                    f"line is not valid JSON: {err.msg} at column {err.colno}"
+                    f"line is not valid JSON: {err.msg} at column {err.colno}",
+                    dead_letters.INVALID_JSON,
                 ) from None
         return raw
 
@@ -449,14 +458,17 @@ class _ParseRecordFn(beam.DoFn):
             try:
                 return parse_timestamp(record[self._field])
             except TimestampError as err:
-                raise RecordError(f"snapshot time field {self._field!r}: {err}") from None
+                raise RecordError(
+                    f"snapshot time field {self._field!r}: {err}", dead_letters.NO_SNAPSHOT_TIME
+                ) from None
         if path not in self._path_times:
             self._path_times[path] = snapshot_time_from_path(path)
         resolved = self._path_times[path]
         if resolved is None:
             raise RecordError(
                 f"no snapshot time: the record has no {self._field!r} field and the file "
-                "path carries no date"
+                "path carries no date",
+                dead_letters.NO_SNAPSHOT_TIME,
             )
         return resolved
 
@@ -492,13 +504,3 @@ class _ReadEncodeFn(_ParseRecordFn):
                 yield encode_keyed(out)
         for snapshot_ms, records in counts.items():
             yield beam.pvalue.TaggedOutput(SNAPSHOTS_TAG, (snapshot_ms, baseline, records))
-
-
-def _raw_text(raw: Any) -> str:
-    """The raw input as text for a dead letter, whatever its format."""
-    if isinstance(raw, bytes):
-        return raw.decode("utf-8", "replace")
-    try:
-        return json.dumps(raw, ensure_ascii=False, sort_keys=True, default=str)
-    except (TypeError, ValueError):
-        return repr(raw)

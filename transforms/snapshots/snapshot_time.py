@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+from transforms.errors import SegmentEventsError
 from transforms.events.timestamps import TimestampError, parse_timestamp
 
 # Folder segments naming the snapshot, in order of precedence (a folder, not the file).
@@ -38,7 +39,7 @@ _FILE_DATE_RE = re.compile(
 )
 
 
-class SnapshotTimeError(ValueError):
+class SnapshotTimeError(SegmentEventsError, ValueError):
     """The snapshot time of a file cannot be resolved; the message names the file."""
 
 
