@@ -31,6 +31,7 @@ from transforms.columnar.read_batches import (
     FILE,
     KEY,
     PAYLOAD,
+    ROW,
     SNAPSHOT,
     from_ipc,
 )
@@ -47,13 +48,15 @@ _COMPARED = (IDENTITY_MAP, "mapped_segments", "deleted")
 
 
 def bucket_table(values: Sequence[bytes]) -> pa.Table:
-    """Every file's rows of one bucket, ordered (stably) by profile key and snapshot."""
+    """Every file's rows of one bucket, ordered by profile key, snapshot, file and row:
+    the same order on every runner."""
     tables = [from_ipc(v) for v in values]
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
     table = table.combine_chunks()
     order = pc.sort_indices(
         table,
-        sort_keys=[(KEY, "ascending"), (SNAPSHOT, "ascending")],
+        sort_keys=[(KEY, "ascending"), (SNAPSHOT, "ascending"), (FILE, "ascending"),
+                   (ROW, "ascending")],
     )
     return table.take(order).combine_chunks()
 

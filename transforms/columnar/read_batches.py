@@ -44,8 +44,11 @@ from transforms.snapshots.snapshot_time import snapshot_time_from_path
 
 _LOGGER = logging.getLogger(__name__)
 
-KEY, SNAPSHOT, FILE, BASELINE, PAYLOAD = "key", "snapshot_ms", "file", "baseline", "payload"
-BUCKET_COLUMNS = (KEY, SNAPSHOT, FILE, BASELINE, PAYLOAD)
+KEY, SNAPSHOT, FILE, ROW = "key", "snapshot_ms", "file", "row"
+BASELINE, PAYLOAD = "baseline", "payload"
+# ``row`` is the row's place in its file: with the file, it orders a profile's rows of
+# one snapshot the same way on every runner, whatever order the shuffle delivers.
+BUCKET_COLUMNS = (KEY, SNAPSHOT, FILE, ROW, BASELINE, PAYLOAD)
 
 
 def bucket_of(key: str, buckets: int) -> int:
@@ -123,24 +126,28 @@ class ReadBucketsFn(_ParseRecordFn):
         if snapshot_ms is None:
             valid[:] = False
         parsed_keys: list[str] = []
+        parsed_rows: list[int] = []
         payloads: list[bytes] = []
         rejected = np.nonzero(~valid)[0]
         # The row path's parsing counts the rows it parses itself.
         self._read_in_bundle += rows - len(rejected)
         progress.add("records_read", rows - len(rejected))
         if len(rejected):
-            for out in self._parse_rows(path, fmt, baseline, table, rejected):
+            for row, out in self._parse_rows(path, fmt, baseline, table, rejected):
                 if isinstance(out, beam.pvalue.TaggedOutput):
                     yield out
                 else:
                     parsed_keys.append(out[0])
+                    parsed_rows.append(row)
                     payloads.append(self._codec.encode(out[1]))
         accepted = np.nonzero(valid)[0]
         counts = len(accepted) + len(payloads)
         if counts:
             yield beam.pvalue.TaggedOutput(SNAPSHOTS_TAG, (snapshot_ms, baseline, counts))
         batch = self._bucket_table(path, snapshot_ms, baseline, projection, accepted, keys)
-        extra = _payload_table(batch.schema, parsed_keys, payloads, snapshot_ms, path, baseline)
+        extra = _payload_table(
+            batch.schema, parsed_keys, payloads, snapshot_ms, path, baseline, parsed_rows
+        )
         yield from self._split(pa.concat_tables([batch, extra]))
 
     # ------------------------------------------------------------------ rows
@@ -180,15 +187,18 @@ class ReadBucketsFn(_ParseRecordFn):
                 valid[i] = False
         return keys
 
-    def _parse_rows(self, path, fmt, baseline, table, rows) -> Iterator[Any]:
-        """The row path's parsing of the rows the bulk checks could not prove."""
+    def _parse_rows(self, path, fmt, baseline, table, rows) -> Iterator[tuple[int, Any]]:
+        """The row path's parsing of the rows the bulk checks could not prove:
+        ``(row, output)`` pairs."""
         wanted = set(int(i) for i in rows)
         if fmt == "avro":
-            raws = (raw for i, raw in enumerate(_read_records(path, fmt)) if i in wanted)
+            raws = ((i, raw) for i, raw in enumerate(_read_records(path, fmt)) if i in wanted)
         else:
-            raws = batch_rows(table.take(pa.array(rows, type=pa.int64())))
-        for raw in raws:
-            yield from self._parse(path, fmt, baseline, raw)
+            picked = batch_rows(table.take(pa.array(rows, type=pa.int64())))
+            raws = zip((int(i) for i in rows), picked, strict=True)
+        for row, raw in raws:
+            for out in self._parse(path, fmt, baseline, raw):
+                yield row, out
 
     def _bucket_table(self, path, snapshot_ms, baseline, projection, accepted, keys) -> pa.Table:
         take = pa.array(accepted, type=pa.int64())
@@ -196,7 +206,8 @@ class ReadBucketsFn(_ParseRecordFn):
         columns = {
             KEY: pa.array([keys[i] for i in accepted], type=pa.string()),
             SNAPSHOT: pa.array(np.full(n, snapshot_ms or 0, dtype=np.int64)),
-            FILE: pa.array([path] * n, type=pa.string()).dictionary_encode(),
+            FILE: pa.array([path] * n, type=pa.string()),
+            ROW: pa.array(accepted, type=pa.int64()),
             BASELINE: pa.array(np.full(n, bool(baseline))),
             PAYLOAD: pa.nulls(n, pa.binary()),
         }
@@ -234,9 +245,10 @@ class ReadBucketsFn(_ParseRecordFn):
         return self._bucket_table("", 0, False, projection, np.zeros(0, dtype=np.int64), []).schema
 
 
-def _payload_table(schema, keys, payloads, snapshot_ms, path, baseline) -> pa.Table:
+def _payload_table(schema, keys, payloads, snapshot_ms, path, baseline, rows=None) -> pa.Table:
     """Rows parsed by the row path (or carried states): only the key and the payload."""
     n = len(keys)
+    rows = list(range(n)) if rows is None else rows
     columns = []
     for field in schema:
         if field.name == KEY:
@@ -246,7 +258,9 @@ def _payload_table(schema, keys, payloads, snapshot_ms, path, baseline) -> pa.Ta
         elif field.name == SNAPSHOT:
             columns.append(pa.array(np.full(n, snapshot_ms or 0, dtype=np.int64)))
         elif field.name == FILE:
-            columns.append(pa.array([path] * n, type=pa.string()).dictionary_encode())
+            columns.append(pa.array([path] * n, type=pa.string()))
+        elif field.name == ROW:
+            columns.append(pa.array(rows, type=pa.int64()))
         elif field.name == BASELINE:
             columns.append(pa.array(np.full(n, bool(baseline))))
         else:
