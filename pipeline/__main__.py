@@ -23,8 +23,8 @@ logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 for _handler in logging.getLogger().handlers:
     _handler.addFilter(_DropKnownBeamNoise())
 
-if sys.argv[1:2] == ["replay"]:  # python -m pipeline replay ...: see pipeline/replay.py
-    from pipeline.replay import main as replay_main  # noqa: E402
+if sys.argv[1:2] == ["replay"]:  # python -m pipeline replay ...: see pipeline/replay_command.py
+    from pipeline.replay_command import main as replay_main  # noqa: E402
 
     sys.exit(replay_main(sys.argv[2:]))
 

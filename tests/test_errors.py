@@ -49,7 +49,7 @@ def test_every_exception_class_is_in_the_family_and_listed():
     ("qualified", "standard_base"),
     [
         ("pipeline.main.UsageError", ValueError),
-        ("pipeline.replay.ReplayUsageError", ValueError),
+        ("pipeline.replay_command.ReplayUsageError", ValueError),
         ("pipeline.backfill.BackfillRunError", RuntimeError),
         ("transforms.config.ConfigError", ValueError),
         ("transforms.snapshots.read.InputError", ValueError),
@@ -61,8 +61,8 @@ def test_every_exception_class_is_in_the_family_and_listed():
         ("transforms.segments.guard.MassExitError", ValueError),
         ("transforms.segments.guard.BadRecordsError", ValueError),
         ("transforms.kinesis.client.StreamCheckError", RuntimeError),
-        ("transforms.kinesis.errors.KinesisSinkError", RuntimeError),
-        ("transforms.kinesis.replay.DeadLetterFileError", ValueError),
+        ("transforms.kinesis.failures.KinesisSinkError", RuntimeError),
+        ("transforms.kinesis.dead_letter_files.DeadLetterFileError", ValueError),
     ],
 )
 def test_each_error_keeps_its_standard_base(qualified, standard_base):
@@ -71,9 +71,9 @@ def test_each_error_keeps_its_standard_base(qualified, standard_base):
     assert issubclass(cls, standard_base) and issubclass(cls, SegmentEventsError)
 
 
-def test_the_sink_error_is_the_one_of_its_errors_module():
-    from transforms.kinesis import errors as kinesis_errors
+def test_the_sink_error_is_the_one_of_its_failures_module():
+    from transforms.kinesis import failures as kinesis_failures
     from transforms.kinesis import settings, sink
 
-    assert sink.KinesisSinkError is kinesis_errors.KinesisSinkError
+    assert sink.KinesisSinkError is kinesis_failures.KinesisSinkError
     assert not hasattr(settings, "KinesisSinkError")

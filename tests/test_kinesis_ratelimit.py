@@ -14,7 +14,7 @@ from botocore.exceptions import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.kinesis import errors as ke
+from transforms.kinesis import failures as ke
 from transforms.kinesis.ratelimit import AimdController, TokenBucket, full_jitter_backoff
 
 

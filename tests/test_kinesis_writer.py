@@ -21,7 +21,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.support.dead_letter_schema import validate_dead_letter
-from transforms.kinesis.errors import KinesisSinkError
+from transforms.kinesis.failures import KinesisSinkError
 from transforms.kinesis.settings import (
     SinkMetrics,
     SinkSettings,

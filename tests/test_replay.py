@@ -27,8 +27,8 @@ import sys
 import pytest
 
 from pipeline.main import main as job_main
-from pipeline.replay import check_inputs, parse_args
-from pipeline.replay import main as replay_main
+from pipeline.replay_command import check_inputs, parse_args
+from pipeline.replay_command import main as replay_main
 from tests.support.dead_letter_schema import validate_dead_letters
 from tools.kinesalite import read_all_records
 from tools.stream_check import (
@@ -39,14 +39,14 @@ from tools.stream_check import (
     read_lines,
     write_numbered_snapshots,
 )
-from transforms.kinesis.replay import (
+from transforms.kinesis.dead_letter_files import (
     in_replay_order,
     is_dead_letter_file,
     parse_letter,
     scan_dead_letters,
     shown_reason,
 )
-from transforms.kinesis.replay import read_lines as read_letter_lines
+from transforms.kinesis.dead_letter_files import read_lines as read_letter_lines
 from transforms.kinesis.sink import WriteToKinesisStream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,7 +13,7 @@ class (its module), when to raise it, and what the user sees.
 Usage (before anything runs; exit 2):
     * ``UsageError`` (pipeline.main): a flag of ``python -m pipeline`` is missing,
       unknown or invalid, or its output files exist.
-    * ``ReplayUsageError`` (pipeline.replay): a flag of ``replay`` is wrong, or its
+    * ``ReplayUsageError`` (pipeline.replay_command): a flag of ``replay`` is wrong, or its
       letters cannot be replayed; nothing is sent.
     * ``_UsageError`` (pipeline.aws_credentials): a flag of ``aws-credentials`` is wrong
       (exit 2 of that command's own table).
@@ -53,7 +53,7 @@ Guard (a batch run fails before anything is sent; exit 1):
 Sink:
     * ``StreamCheckError`` (transforms.kinesis.client): the stream check before the run
       fails; exit 2, nothing ran.
-    * ``KinesisSinkError`` (transforms.kinesis.errors): while the job runs, a fatal
+    * ``KinesisSinkError`` (transforms.kinesis.failures): while the job runs, a fatal
       Kinesis error, an endpoint never reached, or a record that cannot be delivered
       without dead letters; the run fails, exit 1.
 
@@ -62,7 +62,7 @@ Run:
       message says which runs were sent; exit 1.
 
 Replay:
-    * ``DeadLetterFileError`` (transforms.kinesis.replay): a line of a dead-letter file is
+    * ``DeadLetterFileError`` (transforms.kinesis.dead_letter_files): a line of a dead-letter file is
       not a dead letter (named by file and line, never shown); exit 2.
 
 Credentials:

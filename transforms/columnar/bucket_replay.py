@@ -8,7 +8,7 @@ the previous record with only the snapshot time, file and baseline flag changed,
 replay gets exactly that copy, and the row never becomes a Python value: only its
 snapshot time and file are read. Every other row is materialised and parsed by the row
 path's own ``to_profile_record``. Each profile's records then go to the same
-``replay_profile`` as the row path's (:class:`transforms.segments.replay.BatchTransitionsFn`),
+``replay_profile`` as the row path's (:class:`transforms.segments.transition_fns.BatchTransitionsFn`),
 the only definition of a transition.
 """
 
@@ -39,7 +39,7 @@ from transforms.columnar.row_equality import rows_equal
 from transforms.config import ActivationConfig
 from transforms.segments.codecs import ShuffleCodec, presence_of
 from transforms.segments.memberships import mass_exit_counts
-from transforms.segments.replay import BatchTransitionsFn
+from transforms.segments.transition_fns import BatchTransitionsFn
 from transforms.snapshots.arrow_values import converter
 from transforms.snapshots.profiles import to_profile_record
 

@@ -20,7 +20,7 @@ from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshabl
 
 from transforms.errors import SegmentEventsError
 from transforms.kinesis.aggregation import stream_params
-from transforms.kinesis.errors import classify_exception
+from transforms.kinesis.failures import classify_exception
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Shared by the PutRecords engine (:mod:`transforms.kinesis.writer`) and the Beam sink
 (:mod:`transforms.kinesis.sink`); Beam-independent. The sink's error is
-:class:`transforms.kinesis.errors.KinesisSinkError`; its dead letters are built by
+:class:`transforms.kinesis.failures.KinesisSinkError`; its dead letters are built by
 :func:`transforms.dead_letters.sink_dead_letter`, like every stage's.
 """
 

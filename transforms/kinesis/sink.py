@@ -46,7 +46,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms import progress
 from transforms.kinesis.batching import DEFAULT_MAX_RECORD_BYTES
 from transforms.kinesis.client import make_kinesis_client
-from transforms.kinesis.errors import KinesisSinkError
+from transforms.kinesis.failures import KinesisSinkError
 from transforms.kinesis.settings import (
     GivenUp,
     SinkMetrics,

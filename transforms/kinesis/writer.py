@@ -26,7 +26,7 @@ from transforms.dead_letters import (
     RETRIES_EXHAUSTED,
     sink_dead_letter,
 )
-from transforms.kinesis import errors as kinesis_errors
+from transforms.kinesis import failures as kinesis_failures
 from transforms.kinesis.aggregation import (
     DEFAULT_MAX_SHARD_BYTES_PER_REQUEST,
     ShardMap,
@@ -43,7 +43,7 @@ from transforms.kinesis.batching import (
     plain_entries,
     record_size,
 )
-from transforms.kinesis.errors import KinesisSinkError
+from transforms.kinesis.failures import KinesisSinkError
 from transforms.kinesis.ratelimit import AimdController, TokenBucket, full_jitter_backoff
 from transforms.kinesis.settings import (
     GivenUp,
@@ -371,7 +371,7 @@ class KinesisWriter:
         self._metrics.observe("kinesis_request_latency_ms", int(latency_ms))
         now = self._clock()
         if exc is not None:
-            failure = kinesis_errors.classify_exception(exc)
+            failure = kinesis_failures.classify_exception(exc)
             if not failure.unreachable:
                 self._state.answered = True
             self._handle_request_failure(request, failure, now)
@@ -379,8 +379,8 @@ class KinesisWriter:
         self._state.answered = True
         results = response.get("Records") or []
         if len(results) != len(request.entries):
-            failure = kinesis_errors.Failure(
-                kinesis_errors.RETRYABLE,
+            failure = kinesis_failures.Failure(
+                kinesis_failures.RETRYABLE,
                 "MalformedResponse",
                 f"{len(results)} result entries for {len(request.entries)} records",
             )
@@ -388,17 +388,17 @@ class KinesisWriter:
             return
         failed: list[PendingRecord] = []
         wrong_shard: list[PendingRecord] = []
-        last_failure: kinesis_errors.Failure | None = None
+        last_failure: kinesis_failures.Failure | None = None
         throttled = sent = sent_bytes = user_sent = 0
         reloaded = False
         for (_, members, size), result in zip(request.entries, results, strict=True):
             code = result.get("ErrorCode")
             if code:
-                last_failure = kinesis_errors.classify_entry_error(code, result.get("ErrorMessage"))
-                if last_failure.kind == kinesis_errors.FATAL:
+                last_failure = kinesis_failures.classify_entry_error(code, result.get("ErrorMessage"))
+                if last_failure.kind == kinesis_failures.FATAL:
                     self._fail(last_failure)
                 failed.extend(members)
-                if last_failure.kind == kinesis_errors.THROTTLED:
+                if last_failure.kind == kinesis_failures.THROTTLED:
                     throttled += len(members)
                 continue
             sent += 1
@@ -425,14 +425,14 @@ class KinesisWriter:
             self._retry_or_give_up(failed, last_failure, now)
 
     def _handle_request_failure(
-        self, request: _Request, failure: kinesis_errors.Failure, now: float
+        self, request: _Request, failure: kinesis_failures.Failure, now: float
     ) -> None:
-        if failure.kind == kinesis_errors.FATAL:
+        if failure.kind == kinesis_failures.FATAL:
             self._fail(failure)
         members = [r for _, ms, _ in request.entries for r in ms]
         if failure.unreachable and not self._state.answered:
             self._check_reachable(members, failure, now)
-        if failure.kind == kinesis_errors.THROTTLED:
+        if failure.kind == kinesis_failures.THROTTLED:
             self._metrics.inc("kinesis_throttled_records", len(members))
             self._on_throttled(request, now, 1.0)
         self._retry_or_give_up(members, failure, now)
@@ -456,7 +456,7 @@ class KinesisWriter:
     def _retry_or_give_up(
         self,
         records: list[PendingRecord],
-        failure: kinesis_errors.Failure,
+        failure: kinesis_failures.Failure,
         now: float,
         backoff: bool = True,
     ) -> None:
@@ -524,7 +524,7 @@ class KinesisWriter:
         dead, self._dead = self._dead, []
         return dead
 
-    def _fail(self, failure: kinesis_errors.Failure) -> None:
+    def _fail(self, failure: kinesis_failures.Failure) -> None:
         hint = ""
         if failure.code == "ResourceNotFoundException":
             hint = " (does the stream exist in this region/account?)"
@@ -535,7 +535,7 @@ class KinesisWriter:
         raise self._failed
 
     def _check_reachable(
-        self, records: list[PendingRecord], failure: kinesis_errors.Failure, now: float
+        self, records: list[PendingRecord], failure: kinesis_failures.Failure, now: float
     ) -> None:
         """Fails the job when an endpoint that never answered stays unreachable.
 
@@ -584,11 +584,11 @@ class KinesisWriter:
             try:
                 st.shard_map = load_shard_map(self._client, self._stream)
             except Exception as exc:  # noqa: BLE001 - classified below
-                failure = kinesis_errors.classify_exception(exc)
-                if failure.kind == kinesis_errors.FATAL or st.shard_map is None:
+                failure = kinesis_failures.classify_exception(exc)
+                if failure.kind == kinesis_failures.FATAL or st.shard_map is None:
                     self._fail(
-                        kinesis_errors.Failure(
-                            kinesis_errors.FATAL,
+                        kinesis_failures.Failure(
+                            kinesis_failures.FATAL,
                             failure.code,
                             f"ListShards (needed for aggregation) failed: {failure.message}",
                         )
@@ -644,8 +644,8 @@ class KinesisWriter:
         self._metrics.inc("kinesis_wrong_shard_resent", len(records))
         if not map_fresh:
             self._reload_shard_map()
-        failure = kinesis_errors.Failure(
-            kinesis_errors.RETRYABLE,
+        failure = kinesis_failures.Failure(
+            kinesis_failures.RETRYABLE,
             "WrongShard",
             "an aggregated record landed in a shard whose hash range does not hold all "
             "its user records (the stream was resharded)",

@@ -52,8 +52,8 @@ from transforms.events.timestamps import format_timestamp
 from transforms.metrics import METRICS_NAMESPACE
 from transforms.segments.codecs import VALUE_CODER
 from transforms.segments.guard import MIN_TRACKED_PROFILES
-from transforms.segments.replay import DEAD, EPSILON_MS, GUARD_KEY, timestamp_ms
 from transforms.segments.state import RETENTION_MS
+from transforms.segments.transition_fns import DEAD, EPSILON_MS, GUARD_KEY, timestamp_ms
 
 _LOGGER = logging.getLogger(__name__)
 

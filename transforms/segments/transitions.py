@@ -63,7 +63,7 @@ from transforms.segments.guard import (
     check_mass_exit,
 )
 from transforms.segments.hold import MassExitGuardFn, ReleaseExitsFn, incomplete_marker
-from transforms.segments.replay import (
+from transforms.segments.transition_fns import (
     DEAD,
     GUARD,
     GUARD_KEY,

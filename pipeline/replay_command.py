@@ -58,7 +58,7 @@ from transforms.beam_internals import all_options_classes
 from transforms.errors import SegmentEventsError
 from transforms.kinesis.batching import DEFAULT_MAX_RECORD_BYTES
 from transforms.kinesis.client import check_stream, make_kinesis_client
-from transforms.kinesis.replay import (
+from transforms.kinesis.dead_letter_files import (
     LetterScan,
     ReadSinkDeadLetters,
     any_file_under,
