@@ -33,7 +33,8 @@ from transforms.report.facts import FACTS
 from transforms.segments.codecs import ShuffleCodec, carry
 from transforms.segments.guard import CountUnreadableFn, SnapshotCountsFn, check_bad_records
 from transforms.segments.state import ProfileState
-from transforms.segments.transition_fns import DEAD, STATES, BatchTransitionsFn
+from transforms.segments.tags import DEAD, STATES
+from transforms.segments.transition_fns import BatchTransitionsFn
 from transforms.snapshots.read import DEAD_LETTER_TAG, SNAPSHOTS_TAG, _ReadEncodeFn
 
 MAPPED = ["seg-a", "seg-b", "seg-c"]

@@ -258,7 +258,7 @@ def test_decide_withholds_unproven_and_mass_exits():
 
 
 def test_the_exits_of_one_snapshot_are_spread_over_many_keys():
-    from transforms.segments.transition_fns import EXIT_SHARDS, exit_shard
+    from transforms.segments.tags import EXIT_SHARDS, exit_shard
 
     shards = [exit_shard(f"email:p{i}@example.com") for i in range(2000)]
     assert len(set(shards)) == EXIT_SHARDS

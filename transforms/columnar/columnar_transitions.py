@@ -33,7 +33,7 @@ from transforms.segments.guard import (
     check_bad_records,
     check_mass_exit,
 )
-from transforms.segments.transition_fns import DEAD, STATES
+from transforms.segments.tags import DEAD, STATES
 from transforms.segments.transitions import TransitionsResult, _guard_facts, _report_only
 from transforms.snapshots.read import DEAD_LETTER_TAG, SNAPSHOTS_TAG, SnapshotFile, _match
 

@@ -117,7 +117,7 @@ class KinesisWriter:
         self._client = client
         self._stream = stream_name
         self._stream_params = stream_params(stream_name)
-        self._s = settings
+        self._settings = settings
         self._executor = executor
         self._metrics = metrics or SinkMetrics()
         self._clock = clock
@@ -187,13 +187,13 @@ class KinesisWriter:
                 INVALID_PARTITION_KEY,
                 f"partition key must have 1 to {MAX_PARTITION_KEY_CHARS} characters",
             )
-        elif size > self._s.max_record_bytes:
+        elif size > self._settings.max_record_bytes:
             self._give_up(
                 partition_key,
                 data,
                 timestamp,
                 RECORD_TOO_LARGE,
-                f"record is {size} bytes (data + partition key), limit {self._s.max_record_bytes}",
+                f"record is {size} bytes (data + partition key), limit {self._settings.max_record_bytes}",
             )
         else:
             buffer = self._buffer
@@ -224,8 +224,8 @@ class KinesisWriter:
     def _over_limit(self) -> bool:
         b = self._buffer
         return (
-            b.buffered_records >= self._s.max_buffered_records
-            or b.buffered_bytes >= self._s.max_buffered_bytes
+            b.buffered_records >= self._settings.max_buffered_records
+            or b.buffered_bytes >= self._settings.max_buffered_bytes
         )
 
     def _pump(self, flush: bool) -> None:
@@ -256,7 +256,7 @@ class KinesisWriter:
         b = self._buffer
         if b.ready_bytes >= self._batch_bytes:
             return True
-        return not self._s.aggregate and b.ready_count >= self._s.max_request_records
+        return not self._settings.aggregate and b.ready_count >= self._settings.max_request_records
 
     def _worth_sending_partial(self) -> bool:
         """Whether a partial batch should go now rather than wait for responses.
@@ -267,23 +267,23 @@ class KinesisWriter:
         """
         if not self._in_flight:
             return True
-        share = self._s.max_request_records // self._s.max_in_flight_requests
+        share = self._settings.max_request_records // self._settings.max_in_flight_requests
         b = self._buffer
         return (
             b.ready_count >= share
-            or b.ready_bytes * self._s.max_in_flight_requests >= self._batch_bytes
+            or b.ready_bytes * self._settings.max_in_flight_requests >= self._batch_bytes
         )
 
     def _dispatch(self, partial: bool) -> None:
         now = self._clock()
         self._buffer.release_due(now)
         self._limiter_ready_at = None
-        while len(self._in_flight) < self._s.max_in_flight_requests and self._buffer.ready_count:
+        while len(self._in_flight) < self._settings.max_in_flight_requests and self._buffer.ready_count:
             if not self._full_batch_ready() and not (partial and self._worth_sending_partial()):
                 return
             self._adaptive_limit.set_rate(self._aimd.rate(now), now)
             default_batch = (
-                self._buffer.ready_count if self._s.aggregate else self._s.max_request_records
+                self._buffer.ready_count if self._settings.aggregate else self._settings.max_request_records
             )
             limit = min(
                 self._hard_limit.max_batch(default_batch),
@@ -297,15 +297,15 @@ class KinesisWriter:
             if wait > 0:
                 self._limiter_ready_at = now + wait
                 return
-            if self._s.aggregate:
+            if self._settings.aggregate:
                 shard_map = self._get_shard_map(now)
                 records = self._buffer.take(limit, self._batch_bytes)
                 entries, leftovers = build_aggregated_entries(
                     records,
                     shard_map,
                     aggregate_bytes=self._agg_bytes,
-                    max_entries=self._s.max_request_records,
-                    max_request_bytes=self._s.max_request_bytes,
+                    max_entries=self._settings.max_request_records,
+                    max_request_bytes=self._settings.max_request_bytes,
                     max_shard_bytes=DEFAULT_MAX_SHARD_BYTES_PER_REQUEST,
                 )
                 if leftovers:
@@ -403,7 +403,7 @@ class KinesisWriter:
                 continue
             sent += 1
             sent_bytes += size
-            if self._s.aggregate and len(members) > 1:
+            if self._settings.aggregate and len(members) > 1:
                 landed, reloaded = self._landed_whole(members, result.get("ShardId"), reloaded)
                 if not landed:
                     wrong_shard.extend(members)
@@ -413,7 +413,7 @@ class KinesisWriter:
                 self._buffer.complete(r)
         self._metrics.inc("kinesis_records_sent", sent)
         self._metrics.inc("kinesis_bytes_sent", sent_bytes)
-        if self._s.aggregate:
+        if self._settings.aggregate:
             self._metrics.inc("kinesis_user_records_sent", user_sent)
         if wrong_shard:
             self._resend_wrong_shard(wrong_shard, now, map_fresh=reloaded)
@@ -438,7 +438,7 @@ class KinesisWriter:
         self._retry_or_give_up(members, failure, now)
 
     def _on_throttled(self, request: _Request, now: float, fraction: float) -> None:
-        if not self._s.adaptive_rate_limit:
+        if not self._settings.adaptive_rate_limit:
             return
         if self._aimd.on_throttled(request.sent_at, now, fraction):
             # Sustained throttling cuts the rate about once per round trip: log the first
@@ -466,12 +466,12 @@ class KinesisWriter:
         not_before = now
         if backoff:
             not_before += full_jitter_backoff(
-                attempt, self._s.backoff_base_seconds, self._s.backoff_max_seconds, self._rng
+                attempt, self._settings.backoff_base_seconds, self._settings.backoff_max_seconds, self._rng
             )
         retried = 0
         for r in records:
             first_sent = r.first_sent if r.first_sent is not None else now
-            if r.attempts >= self._s.max_attempts or now - first_sent >= self._s.max_retry_seconds:
+            if r.attempts >= self._settings.max_attempts or now - first_sent >= self._settings.max_retry_seconds:
                 behind = self._buffer.complete_and_drop(r)
                 self._give_up(
                     r.partition_key,
@@ -508,7 +508,7 @@ class KinesisWriter:
         """
         self._state.blocked_keys.add(partition_key)
         self._metrics.inc("kinesis_dead_lettered")
-        if not self._s.dead_letter:
+        if not self._settings.dead_letter:
             self._failed = KinesisSinkError(
                 f"Kinesis stream '{self._stream}': a record could not be delivered "
                 f"({reason}: {error}) and the dead letter is disabled"
@@ -548,12 +548,12 @@ class KinesisWriter:
             state.unreachable_since = now
         elapsed = now - state.unreachable_since
         exhausted = any(
-            r.attempts >= self._s.max_attempts
+            r.attempts >= self._settings.max_attempts
             or now - (r.first_sent if r.first_sent is not None else now)
-            >= self._s.max_retry_seconds
+            >= self._settings.max_retry_seconds
             for r in records
         )
-        if elapsed < self._s.unreachable_timeout_seconds and not exhausted:
+        if elapsed < self._settings.unreachable_timeout_seconds and not exhausted:
             return
         endpoint = getattr(getattr(self._client, "meta", None), "endpoint_url", None)
         where = f"the endpoint {endpoint}" if endpoint else "the Kinesis endpoint"
@@ -574,18 +574,19 @@ class KinesisWriter:
         # A request carries at most DEFAULT_MAX_SHARD_BYTES_PER_REQUEST per shard: fill and
         # take about that much, not more (leftovers would be re-aggregated: wasted CPU).
         self._batch_bytes = min(
-            int(self._s.max_request_bytes * 0.9),
+            int(self._settings.max_request_bytes * 0.9),
             int(0.9 * DEFAULT_MAX_SHARD_BYTES_PER_REQUEST * max(1, len(shard_map))),
         )
 
     def _get_shard_map(self, now: float) -> ShardMap:
-        st = self._state
-        if st.shard_map is None or now - st.shard_map_loaded > self._s.shard_map_ttl_seconds:
+        state = self._state
+        stale = now - state.shard_map_loaded > self._settings.shard_map_ttl_seconds
+        if state.shard_map is None or stale:
             try:
-                st.shard_map = load_shard_map(self._client, self._stream)
+                state.shard_map = load_shard_map(self._client, self._stream)
             except Exception as exc:  # noqa: BLE001 - classified below
                 failure = kinesis_failures.classify_exception(exc)
-                if failure.kind == kinesis_failures.FATAL or st.shard_map is None:
+                if failure.kind == kinesis_failures.FATAL or state.shard_map is None:
                     self._fail(
                         kinesis_failures.Failure(
                             kinesis_failures.FATAL,
@@ -599,10 +600,10 @@ class KinesisWriter:
                     self._stream,
                     failure.code,
                 )
-            st.shard_map_loaded = now
-        assert st.shard_map is not None
-        self._set_aggregate_batch_bytes(st.shard_map)
-        return st.shard_map
+            state.shard_map_loaded = now
+        assert state.shard_map is not None
+        self._set_aggregate_batch_bytes(state.shard_map)
+        return state.shard_map
 
     def _landed_whole(
         self, members: list[PendingRecord], shard_id: str | None, reloaded: bool

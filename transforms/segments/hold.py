@@ -53,7 +53,7 @@ from transforms.metrics import METRICS_NAMESPACE
 from transforms.segments.codecs import VALUE_CODER
 from transforms.segments.guard import MIN_TRACKED_PROFILES
 from transforms.segments.state import RETENTION_MS
-from transforms.segments.transition_fns import DEAD, EPSILON_MS, GUARD_KEY, timestamp_ms
+from transforms.segments.tags import DEAD, EPSILON_MS, GUARD_KEY, timestamp_ms
 
 _LOGGER = logging.getLogger(__name__)
 

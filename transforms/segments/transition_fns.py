@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import zlib
 from collections import Counter
 from typing import Any
 
@@ -21,7 +20,6 @@ from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms import userstate
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import progress
@@ -48,19 +46,16 @@ from transforms.segments.state import (
     Tally,
     Triggers,
 )
-
-# Output tags of the replay DoFns.
-DEAD = "dead_letters"
-TTL = "ttl_exits"
-GUARD = "guard_counts"
-# The one key of the streaming mass-exit guard's counts, and the number of slices of
-# the TTL exits it holds (see :mod:`transforms.segments.hold`).
-GUARD_KEY = "mass-exit-guard"
-EXIT_SHARDS = 64
-STATES = "carried_states"
-# A snapshot at T is complete once the watermark passed T; timers fire at T + 1 ms
-# because a watermark equal to T still admits elements stamped T.
-EPSILON_MS = 1
+from transforms.segments.tags import (
+    DEAD,
+    EPSILON_MS,
+    GUARD,
+    GUARD_KEY,
+    STATES,
+    TTL_EXITS,
+    exit_shard,
+    timestamp_ms,
+)
 
 
 class TransitionsFnBase(beam.DoFn):
@@ -273,7 +268,7 @@ class StreamingTransitionsFn(TransitionsFnBase):
                 self._exit_counts[(last_seen, shard)] = (
                     self._exit_counts.get((last_seen, shard), 0) + 1
                 )
-                yield TaggedOutput(TTL, ((last_seen, shard), ("exit", key, transition)))
+                yield TaggedOutput(TTL_EXITS, ((last_seen, shard), ("exit", key, transition)))
         for record in replay.late:
             yield self._late(record, state.snapshot_ms)
 
@@ -306,11 +301,3 @@ class StreamingTransitionsFn(TransitionsFnBase):
     def _shard(key: str) -> int:
         return exit_shard(key)
 
-
-def exit_shard(profile_key: str) -> int:
-    """The slice of a profile's TTL exits (stable across processes and runs)."""
-    return zlib.crc32(profile_key.encode("utf-8")) % EXIT_SHARDS
-
-
-def timestamp_ms(epoch_ms: int) -> Timestamp:
-    return Timestamp(micros=epoch_ms * 1000)

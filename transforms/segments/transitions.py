@@ -63,15 +63,8 @@ from transforms.segments.guard import (
     check_mass_exit,
 )
 from transforms.segments.hold import MassExitGuardFn, ReleaseExitsFn, incomplete_marker
-from transforms.segments.transition_fns import (
-    DEAD,
-    GUARD,
-    GUARD_KEY,
-    STATES,
-    TTL,
-    BatchTransitionsFn,
-    StreamingTransitionsFn,
-)
+from transforms.segments.tags import DEAD, GUARD, GUARD_KEY, STATES, TTL_EXITS
+from transforms.segments.transition_fns import BatchTransitionsFn, StreamingTransitionsFn
 
 __all__ = ["BadRecordsError", "ComputeSegmentTransitions", "MassExitError", "TransitionsResult"]
 
@@ -250,7 +243,7 @@ class ComputeSegmentTransitions(beam.PTransform):
             | "KeyType" >> beam.Map(_identity).with_output_types(tuple[str, Any])
             | "Replay"
             >> beam.ParDo(StreamingTransitionsFn(config)).with_outputs(
-                DEAD, TTL, GUARD, main="transitions"
+                DEAD, TTL_EXITS, GUARD, main="transitions"
             )
         )
         if config.absent_profile_ttl_seconds is None:
@@ -284,7 +277,7 @@ class ComputeSegmentTransitions(beam.PTransform):
             )
         )
         held = (
-            (outputs[TTL], verdicts)
+            (outputs[TTL_EXITS], verdicts)
             | "MergeExitsAndVerdicts" >> beam.Flatten()
             | "ShardKeyType" >> beam.Map(_identity).with_output_types(tuple[tuple[int, int], Any])
             | "ReleaseExits"
