@@ -52,10 +52,8 @@ from transforms.kinesis.settings import (
     SinkMetrics,
     SinkSettings,
 )
-from transforms.kinesis.writer import (
-    KinesisWriter,
-    WriterState,
-)
+from transforms.kinesis.writer import KinesisWriter
+from transforms.kinesis.writer_state import WriterState
 from transforms.metrics import METRICS_NAMESPACE
 
 _LOGGER = logging.getLogger(__name__)

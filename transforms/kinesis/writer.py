@@ -20,11 +20,8 @@ from concurrent.futures import Executor
 from typing import Any
 
 from transforms.dead_letters import (
-    BLOCKED_BY_EARLIER_FAILURE,
     INVALID_PARTITION_KEY,
     RECORD_TOO_LARGE,
-    RETRIES_EXHAUSTED,
-    sink_dead_letter,
 )
 from transforms.kinesis import failures as kinesis_failures
 from transforms.kinesis.aggregation import (
@@ -32,8 +29,6 @@ from transforms.kinesis.aggregation import (
     ShardMap,
     aggregate_capacity,
     build_aggregated_entries,
-    load_shard_map,
-    misfits,
     stream_params,
 )
 from transforms.kinesis.batching import (
@@ -43,50 +38,16 @@ from transforms.kinesis.batching import (
     plain_entries,
     record_size,
 )
-from transforms.kinesis.failures import KinesisSinkError
-from transforms.kinesis.ratelimit import AimdController, TokenBucket, full_jitter_backoff
+from transforms.kinesis.failure_handling import BLOCKED, BLOCKED_ERROR, FailureHandling
 from transforms.kinesis.settings import (
     GivenUp,
     SinkMetrics,
     SinkSettings,
 )
+from transforms.kinesis.shard_routing import ShardRouting
+from transforms.kinesis.writer_state import WriterState
 
 _LOGGER = logging.getLogger(__name__)
-
-
-# The reason of a record dead-lettered because an earlier record of its key was.
-BLOCKED = BLOCKED_BY_EARLIER_FAILURE
-_BLOCKED_ERROR = (
-    "an earlier record of this partition key was dead-lettered; sent now, this one would "
-    "overtake it (replay the dead letters in order)"
-)
-
-
-class WriterState:
-    """What outlives one writer (bundle): rate limiters, the shard map, reachability.
-
-    A throttled stream stays throttled across bundles, the shard map is not reloaded
-    for every (small, streaming) bundle, and an endpoint that answered once is known to
-    be reachable.
-    """
-
-    def __init__(
-        self, settings: SinkSettings, now: float | None = None, shard_map: ShardMap | None = None
-    ):
-        now = time.monotonic() if now is None else now
-        self.hard_limit = TokenBucket(settings.max_records_per_second, now=now)
-        self.aimd = AimdController(min_rate=settings.min_adaptive_rate)
-        self.adaptive_limit = TokenBucket(None, now=now)
-        self.shard_map = shard_map
-        self.shard_map_loaded = now if shard_map is not None else float("-inf")
-        self.throttle_logged = float("-inf")
-        # Partition keys with a dead-lettered record: their later records are
-        # dead-lettered too (see KinesisWriter._give_up).
-        self.blocked_keys: set[str] = set()
-        # Whether any request got an answer (any HTTP response) from the endpoint, and
-        # since when connection failures have lasted while it never did.
-        self.answered = False
-        self.unreachable_since: float | None = None
 
 
 @dataclasses.dataclass
@@ -126,9 +87,19 @@ class KinesisWriter:
         self._results: queue.SimpleQueue = queue.SimpleQueue()
         self._in_flight: dict[int, _Request] = {}
         self._ids = itertools.count()
-        self._dead: list[GivenUp] = []
-        self._failed: KinesisSinkError | None = None
         self._state = state or WriterState(settings, now=clock())
+        self._failures = FailureHandling(
+            client, stream_name, settings, self._state, self._buffer, self._metrics, self._rng
+        )
+        self._routing = ShardRouting(
+            client,
+            stream_name,
+            settings,
+            self._state,
+            clock,
+            self._failures.fail,
+            self._set_aggregate_batch_bytes,
+        )
         self._hard_limit = self._state.hard_limit
         self._aimd = self._state.aimd
         self._adaptive_limit = self._state.adaptive_limit
@@ -169,7 +140,7 @@ class KinesisWriter:
             KinesisSinkError: a fatal error, or an undeliverable record without dead letter.
             TypeError: the element is not ``(str, bytes)``.
         """
-        self._check_failed()
+        self._failures.check_failed()
         if not isinstance(partition_key, str) or not isinstance(data, (bytes, bytearray)):
             raise TypeError(
                 "WriteToKinesisStream expects (partition_key: str, data: bytes) elements, got "
@@ -178,9 +149,9 @@ class KinesisWriter:
         data = bytes(data)
         size = record_size(partition_key, data)
         if partition_key in self._state.blocked_keys:
-            self._give_up(partition_key, data, timestamp, BLOCKED, _BLOCKED_ERROR)
+            self._failures.give_up(partition_key, data, timestamp, BLOCKED, BLOCKED_ERROR)
         elif not 1 <= len(partition_key) <= MAX_PARTITION_KEY_CHARS:
-            self._give_up(
+            self._failures.give_up(
                 partition_key,
                 data,
                 timestamp,
@@ -188,7 +159,7 @@ class KinesisWriter:
                 f"partition key must have 1 to {MAX_PARTITION_KEY_CHARS} characters",
             )
         elif size > self._settings.max_record_bytes:
-            self._give_up(
+            self._failures.give_up(
                 partition_key,
                 data,
                 timestamp,
@@ -207,7 +178,7 @@ class KinesisWriter:
             ):
                 return []
             self._pump(flush=False)
-        return self._take_dead()
+        return self._failures.take_dead()
 
     def flush(self) -> list[GivenUp]:
         """Sends everything buffered; returns once every record is acknowledged or given up.
@@ -215,9 +186,9 @@ class KinesisWriter:
         Returns:
             The dead letters not returned yet.
         """
-        self._check_failed()
+        self._failures.check_failed()
         self._pump(flush=True)
-        return self._take_dead()
+        return self._failures.take_dead()
 
     # ------------------------------------------------------------------ main loop
 
@@ -278,12 +249,17 @@ class KinesisWriter:
         now = self._clock()
         self._buffer.release_due(now)
         self._limiter_ready_at = None
-        while len(self._in_flight) < self._settings.max_in_flight_requests and self._buffer.ready_count:
+        while (
+            len(self._in_flight) < self._settings.max_in_flight_requests
+            and self._buffer.ready_count
+        ):
             if not self._full_batch_ready() and not (partial and self._worth_sending_partial()):
                 return
             self._adaptive_limit.set_rate(self._aimd.rate(now), now)
             default_batch = (
-                self._buffer.ready_count if self._settings.aggregate else self._settings.max_request_records
+                self._buffer.ready_count
+                if self._settings.aggregate
+                else self._settings.max_request_records
             )
             limit = min(
                 self._hard_limit.max_batch(default_batch),
@@ -298,7 +274,7 @@ class KinesisWriter:
                 self._limiter_ready_at = now + wait
                 return
             if self._settings.aggregate:
-                shard_map = self._get_shard_map(now)
+                shard_map = self._routing.get(now)
                 records = self._buffer.take(limit, self._batch_bytes)
                 entries, leftovers = build_aggregated_entries(
                     records,
@@ -374,7 +350,7 @@ class KinesisWriter:
             failure = kinesis_failures.classify_exception(exc)
             if not failure.unreachable:
                 self._state.answered = True
-            self._handle_request_failure(request, failure, now)
+            self._failures.request_failed(request.entries, request.sent_at, failure, now)
             return
         self._state.answered = True
         results = response.get("Records") or []
@@ -384,7 +360,7 @@ class KinesisWriter:
                 "MalformedResponse",
                 f"{len(results)} result entries for {len(request.entries)} records",
             )
-            self._handle_request_failure(request, failure, now)
+            self._failures.request_failed(request.entries, request.sent_at, failure, now)
             return
         failed: list[PendingRecord] = []
         wrong_shard: list[PendingRecord] = []
@@ -394,9 +370,11 @@ class KinesisWriter:
         for (_, members, size), result in zip(request.entries, results, strict=True):
             code = result.get("ErrorCode")
             if code:
-                last_failure = kinesis_failures.classify_entry_error(code, result.get("ErrorMessage"))
+                last_failure = kinesis_failures.classify_entry_error(
+                    code, result.get("ErrorMessage")
+                )
                 if last_failure.kind == kinesis_failures.FATAL:
-                    self._fail(last_failure)
+                    self._failures.fail(last_failure)
                 failed.extend(members)
                 if last_failure.kind == kinesis_failures.THROTTLED:
                     throttled += len(members)
@@ -404,7 +382,9 @@ class KinesisWriter:
             sent += 1
             sent_bytes += size
             if self._settings.aggregate and len(members) > 1:
-                landed, reloaded = self._landed_whole(members, result.get("ShardId"), reloaded)
+                landed, reloaded = self._routing.landed_whole(
+                    members, result.get("ShardId"), reloaded
+                )
                 if not landed:
                     wrong_shard.extend(members)
                     continue
@@ -419,154 +399,12 @@ class KinesisWriter:
             self._resend_wrong_shard(wrong_shard, now, map_fresh=reloaded)
         if throttled:
             self._metrics.inc("kinesis_throttled_records", throttled)
-            self._on_throttled(request, now, throttled / max(1, request.user_records))
+            self._failures.on_throttled(
+                request.sent_at, now, throttled / max(1, request.user_records)
+            )
         if failed:
             assert last_failure is not None
-            self._retry_or_give_up(failed, last_failure, now)
-
-    def _handle_request_failure(
-        self, request: _Request, failure: kinesis_failures.Failure, now: float
-    ) -> None:
-        if failure.kind == kinesis_failures.FATAL:
-            self._fail(failure)
-        members = [r for _, ms, _ in request.entries for r in ms]
-        if failure.unreachable and not self._state.answered:
-            self._check_reachable(members, failure, now)
-        if failure.kind == kinesis_failures.THROTTLED:
-            self._metrics.inc("kinesis_throttled_records", len(members))
-            self._on_throttled(request, now, 1.0)
-        self._retry_or_give_up(members, failure, now)
-
-    def _on_throttled(self, request: _Request, now: float, fraction: float) -> None:
-        if not self._settings.adaptive_rate_limit:
-            return
-        if self._aimd.on_throttled(request.sent_at, now, fraction):
-            # Sustained throttling cuts the rate about once per round trip: log the first
-            # cut loudly, the rest at debug level, so logs stay readable in a backfill.
-            level = logging.DEBUG if now - self._state.throttle_logged < 60 else logging.WARNING
-            if level == logging.WARNING:
-                self._state.throttle_logged = now
-            _LOGGER.log(
-                level,
-                "Kinesis stream %s is throttling; client rate limited to %.0f rec/s",
-                self._stream,
-                self._aimd.rate(now) or 0.0,
-            )
-
-    def _retry_or_give_up(
-        self,
-        records: list[PendingRecord],
-        failure: kinesis_failures.Failure,
-        now: float,
-        backoff: bool = True,
-    ) -> None:
-        # One backoff for the whole group: its records come back together as one batch
-        # instead of trickling back as many small requests.
-        attempt = max(r.attempts for r in records)
-        not_before = now
-        if backoff:
-            not_before += full_jitter_backoff(
-                attempt, self._settings.backoff_base_seconds, self._settings.backoff_max_seconds, self._rng
-            )
-        retried = 0
-        for r in records:
-            first_sent = r.first_sent if r.first_sent is not None else now
-            if r.attempts >= self._settings.max_attempts or now - first_sent >= self._settings.max_retry_seconds:
-                behind = self._buffer.complete_and_drop(r)
-                self._give_up(
-                    r.partition_key,
-                    r.data,
-                    r.timestamp,
-                    RETRIES_EXHAUSTED,
-                    f"{failure.describe()} (after {r.attempts} attempts)",
-                )
-                for later in behind:
-                    self._give_up(
-                        later.partition_key, later.data, later.timestamp, BLOCKED, _BLOCKED_ERROR
-                    )
-            else:
-                self._buffer.retry_later(r, not_before)
-                retried += 1
-        if retried:
-            self._metrics.inc("kinesis_retries", retried)
-            _LOGGER.debug(
-                "Retrying %d records on stream %s after %s", retried, self._stream, failure.code
-            )
-
-    # ------------------------------------------------------------------ failures
-
-    def _give_up(
-        self, partition_key: str, data: bytes, timestamp: Any, reason: str, error: str
-    ) -> None:
-        """Dead-letters a record, and blocks its partition key for the writer's lifetime.
-
-        A profile's later events must not reach the stream before this one: sent now and
-        this one replayed later, an entry would arrive after the exit that followed it.
-        So every later record of the key (queued, or added afterwards by this DoFn
-        instance) is dead-lettered behind it with reason ``blocked_by_earlier_failure``,
-        and a replay of the dead letters sends them all in order.
-        """
-        self._state.blocked_keys.add(partition_key)
-        self._metrics.inc("kinesis_dead_lettered")
-        if not self._settings.dead_letter:
-            self._failed = KinesisSinkError(
-                f"Kinesis stream '{self._stream}': a record could not be delivered "
-                f"({reason}: {error}) and the dead letter is disabled"
-            )
-            raise self._failed
-        self._dead.append(
-            GivenUp(
-                sink_dead_letter(reason, error, partition_key=partition_key, data=data), timestamp
-            )
-        )
-
-    def _take_dead(self) -> list[GivenUp]:
-        dead, self._dead = self._dead, []
-        return dead
-
-    def _fail(self, failure: kinesis_failures.Failure) -> None:
-        hint = ""
-        if failure.code == "ResourceNotFoundException":
-            hint = " (does the stream exist in this region/account?)"
-        self._failed = KinesisSinkError(
-            f"Kinesis stream '{self._stream}': {failure.code}{hint}: {failure.message}"
-        )
-        _LOGGER.error("%s", self._failed)
-        raise self._failed
-
-    def _check_reachable(
-        self, records: list[PendingRecord], failure: kinesis_failures.Failure, now: float
-    ) -> None:
-        """Fails the job when an endpoint that never answered stays unreachable.
-
-        Fails after ``unreachable_timeout_seconds`` of connection failures, or earlier if
-        a record would otherwise be given up: a dead letter for an endpoint never reached
-        would turn a wrong URL or a closed network into a "successful" run.
-        """
-        state = self._state
-        if state.unreachable_since is None:
-            state.unreachable_since = now
-        elapsed = now - state.unreachable_since
-        exhausted = any(
-            r.attempts >= self._settings.max_attempts
-            or now - (r.first_sent if r.first_sent is not None else now)
-            >= self._settings.max_retry_seconds
-            for r in records
-        )
-        if elapsed < self._settings.unreachable_timeout_seconds and not exhausted:
-            return
-        endpoint = getattr(getattr(self._client, "meta", None), "endpoint_url", None)
-        where = f"the endpoint {endpoint}" if endpoint else "the Kinesis endpoint"
-        self._failed = KinesisSinkError(
-            f"Kinesis stream '{self._stream}': cannot reach {where} (no request answered "
-            f"in {elapsed:.0f} s): {failure.describe()}"
-        )
-        _LOGGER.error("%s", self._failed)
-        raise self._failed
-
-    def _check_failed(self) -> None:
-        if self._failed is not None:
-            raise self._failed
+            self._failures.retry_or_give_up(failed, last_failure, now)
 
     # ------------------------------------------------------------------ shard map
 
@@ -577,59 +415,6 @@ class KinesisWriter:
             int(self._settings.max_request_bytes * 0.9),
             int(0.9 * DEFAULT_MAX_SHARD_BYTES_PER_REQUEST * max(1, len(shard_map))),
         )
-
-    def _get_shard_map(self, now: float) -> ShardMap:
-        state = self._state
-        stale = now - state.shard_map_loaded > self._settings.shard_map_ttl_seconds
-        if state.shard_map is None or stale:
-            try:
-                state.shard_map = load_shard_map(self._client, self._stream)
-            except Exception as exc:  # noqa: BLE001 - classified below
-                failure = kinesis_failures.classify_exception(exc)
-                if failure.kind == kinesis_failures.FATAL or state.shard_map is None:
-                    self._fail(
-                        kinesis_failures.Failure(
-                            kinesis_failures.FATAL,
-                            failure.code,
-                            f"ListShards (needed for aggregation) failed: {failure.message}",
-                        )
-                    )
-                # A transient error with a map at hand: keep using it, retry later.
-                _LOGGER.warning(
-                    "ListShards on %s failed (%s); keeping the shard map",
-                    self._stream,
-                    failure.code,
-                )
-            state.shard_map_loaded = now
-        assert state.shard_map is not None
-        self._set_aggregate_batch_bytes(state.shard_map)
-        return state.shard_map
-
-    def _landed_whole(
-        self, members: list[PendingRecord], shard_id: str | None, reloaded: bool
-    ) -> tuple[bool, bool]:
-        """Whether every user record of an aggregate hashes into the shard it landed in.
-
-        The aggregate was built with the cached shard map; after a reshard it can land in
-        a child shard whose range does not hold all its records, and a KCL 2.x consumer
-        then drops it whole. A shard id the map does not know (a new child) reloads the
-        map once per response. Returns ``(landed_whole, reloaded)``.
-        """
-        keys = [r.partition_key for r in members]
-        shard_map = self._state.shard_map
-        hash_range = shard_map.range_of(shard_id) if shard_map and shard_id else None
-        if hash_range is None and shard_id and not reloaded:
-            self._reload_shard_map()
-            reloaded = True
-            shard_map = self._state.shard_map
-            hash_range = shard_map.range_of(shard_id) if shard_map else None
-        return misfits(keys, hash_range) == 0, reloaded
-
-    def _reload_shard_map(self) -> None:
-        """Reloads the shard map now (the stream was resharded)."""
-        _LOGGER.warning("Stream %s was resharded; reloading its shard map", self._stream)
-        self._state.shard_map_loaded = float("-inf")
-        self._get_shard_map(self._clock())
 
     def _resend_wrong_shard(
         self, records: list[PendingRecord], now: float, map_fresh: bool
@@ -644,7 +429,7 @@ class KinesisWriter:
         """
         self._metrics.inc("kinesis_wrong_shard_resent", len(records))
         if not map_fresh:
-            self._reload_shard_map()
+            self._routing.reload()
         failure = kinesis_failures.Failure(
             kinesis_failures.RETRYABLE,
             "WrongShard",
@@ -652,4 +437,4 @@ class KinesisWriter:
             "its user records (the stream was resharded)",
         )
         # No backoff: nothing failed, the records only need a request of their own.
-        self._retry_or_give_up(records, failure, now, backoff=False)
+        self._failures.retry_or_give_up(records, failure, now, backoff=False)

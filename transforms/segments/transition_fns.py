@@ -300,4 +300,3 @@ class StreamingTransitionsFn(TransitionsFnBase):
     @staticmethod
     def _shard(key: str) -> int:
         return exit_shard(key)
-
