@@ -35,13 +35,12 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.textio import WriteToText
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+from pipeline.arguments import absolute_path, default_region
 from pipeline.graph import encode_dead_letter
 from pipeline.main import (
     EXIT_FAILED,
     EXIT_USAGE,
-    absolute_path,
     configure_logging,
-    default_region,
     job_counters,
     one_line,
     write_failure_report,

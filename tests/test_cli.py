@@ -323,7 +323,7 @@ def test_relative_paths_become_absolute_before_the_graph_is_built(snapshot, tmp_
 
 
 def test_urls_are_left_as_they_are():
-    from pipeline.main import absolute_path
+    from pipeline.arguments import absolute_path
 
     assert (
         absolute_path("s3://bucket/snapshot=*/part-*.avro") == "s3://bucket/snapshot=*/part-*.avro"
@@ -383,12 +383,12 @@ def test_one_snapshot_without_a_baseline_warns_naming_baseline(tmp_path, caplog)
     config = tmp_path / "activation.json"
     config.write_text(json.dumps({"segments": "*"}))
     path = _dated(tmp_path, "2024-02-01")
-    with caplog.at_level("WARNING", logger="pipeline.main"):
+    with caplog.at_level("WARNING", logger="pipeline.arguments"):
         parse_args(["--config", str(config), "--input", path, "--output_path", "o"])
     assert any("--baseline" in r.getMessage() for r in caplog.records)
     caplog.clear()
     older = _dated(tmp_path, "2024-01-31")
-    with caplog.at_level("WARNING", logger="pipeline.main"):
+    with caplog.at_level("WARNING", logger="pipeline.arguments"):
         parse_args(
             ["--config", str(config), "--input", path, "--baseline", older, "--output_path", "o"]
         )
@@ -423,7 +423,7 @@ def test_an_unexpected_failure_keeps_its_traceback_in_an_owner_only_file(
         "transforms.config.ConfigError",
         "transforms.snapshots.read.InputError",
         "transforms.snapshots.snapshot_time.SnapshotTimeError",
-        "pipeline.main.UsageError",
+        "pipeline.arguments.UsageError",
         "transforms.errors.SegmentEventsError",
     ],
 )

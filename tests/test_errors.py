@@ -48,7 +48,7 @@ def test_every_exception_class_is_in_the_family_and_listed():
 @pytest.mark.parametrize(
     ("qualified", "standard_base"),
     [
-        ("pipeline.main.UsageError", ValueError),
+        ("pipeline.arguments.UsageError", ValueError),
         ("pipeline.replay_command.ReplayUsageError", ValueError),
         ("pipeline.backfill.BackfillRunError", RuntimeError),
         ("transforms.config.ConfigError", ValueError),

@@ -11,7 +11,7 @@ names them all (``tests/test_errors.py`` checks that every exception class of
 class (its module), when to raise it, and what the user sees.
 
 Usage (before anything runs; exit 2):
-    * ``UsageError`` (pipeline.main): a flag of ``python -m pipeline`` is missing,
+    * ``UsageError`` (pipeline.arguments): a flag of ``python -m pipeline`` is missing,
       unknown or invalid, or its output files exist.
     * ``ReplayUsageError`` (pipeline.replay_command): a flag of ``replay`` is wrong, or its
       letters cannot be replayed; nothing is sent.
