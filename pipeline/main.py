@@ -1,8 +1,8 @@
 """Entry point: ``python -m pipeline`` (docs/contract.md §8).
 
 ``main(argv)`` validates every flag and the config (:mod:`pipeline.arguments`) before a
-pipeline exists, so that a mistake costs one clear line and a non-zero exit, never a traceback; then it builds the
-graph with :func:`pipeline.graph.build_pipeline` and runs it.
+pipeline exists, so that a mistake costs one clear line and a non-zero exit, never a
+traceback; then it builds the graph with :func:`pipeline.graph.build_pipeline` and runs it.
 """
 
 from __future__ import annotations
