@@ -6,33 +6,45 @@
 
 Batch (``streaming=False``)::
 
-    records --CombineGlobally--> snapshot times of the run ------------------(side input)
-    records --(key, (T, deleted))--GroupByKey--> _MassExitCountsFn --> CombineGlobally
-            --> check_mass_exit --> verdict (raises MassExitError) ----------(side input)
-    records --ShuffleCodec--> (key, bytes) --GroupByKey--> (key, its whole history)
-            --_BatchTransitionsFn--> transitions
+    records (or the read's per-file counts) --CombineGlobally(SnapshotTimesFn or
+            SnapshotCountsFn)--> snapshot times of the run ------------(side input)
+    records --ShuffleCodec--> (key, bytes) --GroupByKey "GroupByProfile"--> grouped
+    grouped --MassExitCountsFn--> CombineGlobally(GuardCountsFn)
+            --> check_mass_exit --> verdict (raises MassExitError) ------(side input)
+    read dead letters --CombineGlobally(CountUnreadableFn)--> check_bad_records
+            --> unreadable records per snapshot (raises BadRecordsError) -(side input)
+    grouped --BatchTransitionsFn ("Replay")--> transitions (+ dead letters, carried
+            states, report facts)
+
+  One GroupByKey serves both passes: the guard reads which snapshots each profile is
+  in from the grouped values' headers, and the replay reads the same groups once the
+  verdict (its side input) exists. When the read step encodes the records itself (it is
+  given the codec, see ``snapshot_counts``), the snapshot times come from its per-file
+  counts and the records are already ``(key, bytes)``.
 
   In a run of a split backfill (``--snapshots_per_run``) the states carried from the
   previous run come among the records (``ReadSnapshots(carried_states=...)``) and join
-  both groupings; the replay also emits the final states of live profiles for the next
+  the grouping; the replay also emits the final states of live profiles for the next
   run (``carry_states``).
 
-  Records cross the GroupByKey as compact ``bytes`` (:class:`ShuffleCodec`; the read
-  step encodes them itself when it is given the codec, see ``snapshot_counts``): the local
+  Records cross the GroupByKey as compact ``bytes`` (:class:`ShuffleCodec`): the local
   runner holds a shuffle in memory as decoded values, and a dict tree per record costs
   several times its encoding. Each key arrives once with every record of the run; the
-  replay walks the run's
-  snapshots, so a profile absent from a snapshot exits there. The replay step reads the
-  verdict as a side input: it cannot start, and nothing downstream of it (sink, files)
-  receives a transition, before the guard passed.
+  replay walks the run's snapshots, so a profile absent from a snapshot exits there.
+  The replay step reads the verdicts as side inputs: it cannot start, and nothing
+  downstream of it (sink, files) receives a transition, before the guards passed.
 
 Streaming (``streaming=True``)::
 
-    records --_StreamingTransitionsFn (stateful)--> transitions
-                 +-- TTL exits + live counts per snapshot --> _MassExitHoldFn --> released
+    records --StreamingTransitionsFn (stateful, "Replay")--> transitions
+       +-- TTL exits (keyed by last seen snapshot and shard) ----------------+
+       +-- live and exit counts, with landed and incomplete snapshot marks   |
+            --> MassExitGuardFn (one key) --> verdicts ----------------------+
+                                      --> ReleaseExitsFn --> released exits (+ dead letters)
 
   Records are buffered in bag state and applied in snapshot order when the watermark
   has passed their snapshot (an event-time timer), so files may arrive in any order.
+  Without ``absent_profile_ttl`` there are no TTL exits, and no guard or hold.
 
 State and timers are limited to what the Flink portable runner and Dataflow serve:
 ReadModifyWrite and Bag state (both bag-backed) and event-time timers. Values are
