@@ -34,14 +34,13 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import StandardOptions
 
+from pipeline.arguments import UsageError, parse_args
 from pipeline.graph import build_pipeline
 from pipeline.main import (
     EXIT_FAILED,
     EXIT_USAGE,
-    UsageError,
     configure_logging,
     one_line,
-    parse_args,
     preflight_stream,
 )
 from pipeline.options import SegmentEventsOptions

@@ -23,7 +23,9 @@ from transforms.segments.state import (
     Tally,
     Triggers,
 )
-from transforms.snapshots.profiles import MEMBER_STATUSES
+
+# The statuses of a member (an "exited" entry is not one).
+MEMBER_STATUSES = frozenset((REALIZED, EXISTING))
 
 # --------------------------------------------------------------------------- records
 

@@ -32,7 +32,6 @@ from transforms.dead_letters import INVALID_RECORD, NO_PROFILE_KEY
 from transforms.errors import SegmentEventsError
 from transforms.events.timestamps import TimestampError, parse_timestamp
 
-MEMBER_STATUSES = frozenset(("realized", "existing"))
 STATUSES = frozenset(("realized", "existing", "exited"))
 _RESERVED = ("identityMap", "segmentMembership", "_deleted")
 
