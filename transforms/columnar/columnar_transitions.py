@@ -1,13 +1,14 @@
 """The columnar batch path: read into Arrow buckets, skip steady rows, replay the rest.
 
     files --ReadSnapshotBuckets--> (bucket, Arrow IPC) --GroupByBucket--> (bucket, [IPC])
-            |                                    |--CountAbsences--> guard verdict ---(side)
-            +-- dead letters, per-file counts    +--Replay (after the verdict)--> transitions
+            |                                   |--MassExitGuard--> verdict --------(side)
+            +-- dead letters --BadRecordsGuard--> incomplete snapshots ------------(side)
+            +-- per-file counts --SnapshotTimes--> snapshot times ----------------(side)
+                                                +--Replay (after the verdicts)--> transitions
 
-The same guards, dead letters, carried states and report facts as the row path
-(:class:`transforms.segments.transitions.ComputeSegmentTransitions` in batch), whose
-combiners and checks it reuses; only the unit of the shuffle (a bucket of rows, not a
-record) and which rows reach Python differ.
+The same guards and replay wiring as the row path
+(:func:`transforms.segments.batch_guards.guarded_replay`); only the unit of the shuffle
+(a bucket of rows, not a record) and which rows reach Python differ.
 """
 
 from __future__ import annotations
@@ -23,18 +24,10 @@ from apache_beam.pvalue import AsSingleton
 from transforms.columnar.bucket_replay import BucketGuardCountsFn, BucketTransitionsFn
 from transforms.columnar.read_batches import ReadBucketsFn
 from transforms.config import ActivationConfig
-from transforms.report.facts import FACTS
+from transforms.segments.batch_guards import guarded_replay
 from transforms.segments.carried_state import CARRIED_STATE_FORMAT
 from transforms.segments.codecs import ShuffleCodec
-from transforms.segments.guard import (
-    CountUnreadableFn,
-    GuardCountsFn,
-    SnapshotCountsFn,
-    check_bad_records,
-    check_mass_exit,
-)
-from transforms.segments.tags import DEAD, STATES
-from transforms.segments.transitions import TransitionsResult, _guard_facts, _report_only
+from transforms.segments.guard import SnapshotCountsFn
 from transforms.snapshots.read import DEAD_LETTER_TAG, SNAPSHOTS_TAG, SnapshotFile, _match
 
 _LOGGER = logging.getLogger(__name__)
@@ -138,32 +131,17 @@ class ComputeTransitionsColumnar(beam.PTransform):
             snapshot_counts | "SnapshotTimes" >> beam.CombineGlobally(SnapshotCountsFn())
         )
         grouped = read.buckets | "GroupByBucket" >> beam.GroupByKey()
-        guard_counts = (
-            grouped
-            | "CountAbsences" >> beam.ParDo(BucketGuardCountsFn(), snapshots)
-            | "SumAbsences" >> beam.CombineGlobally(GuardCountsFn())
+        result = guarded_replay(
+            grouped,
+            config=config,
+            snapshots=snapshots,
+            count_fn=BucketGuardCountsFn(),
+            replay_fn=BucketTransitionsFn(config, self._carry_states, self._report, codec),
+            read_dead_letters=read_dead_letters,
+            allow_mass_exit=self._allow_mass_exit,
+            max_bad_records=self._max_bad_records,
+            carry_states=self._carry_states,
+            report=self._report,
+            dry_run=self._dry_run,
         )
-        verdict = guard_counts | "MassExitGuard" >> (
-            beam.Map(_report_only)
-            if self._dry_run
-            else beam.Map(check_mass_exit, config.max_exit_fraction, self._allow_mass_exit)
-        )
-        unreadable = read_dead_letters | "CountUnreadable" >> beam.CombineGlobally(
-            CountUnreadableFn()
-        )
-        incomplete = unreadable | "BadRecordsGuard" >> beam.Map(
-            check_bad_records, self._max_bad_records
-        )
-        outputs = grouped | "Replay" >> beam.ParDo(
-            BucketTransitionsFn(config, self._carry_states, self._report, codec),
-            snapshots,
-            AsSingleton(verdict),
-            AsSingleton(incomplete),
-        ).with_outputs(DEAD, STATES, FACTS, main="transitions")
-        states = outputs[STATES] if self._carry_states else None
-        facts = None
-        if self._report:
-            guard_facts = guard_counts | "GuardFacts" >> beam.FlatMap(_guard_facts)
-            facts = (outputs[FACTS], guard_facts) | "MergeReplayFacts" >> beam.Flatten()
-        result = TransitionsResult(outputs.transitions, outputs[DEAD], states, facts)
         return result, read_dead_letters, snapshot_counts

@@ -54,49 +54,27 @@ ReadModifyWrite and Bag state (both bag-backed) and event-time timers. Values ar
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.pvalue import AsSingleton
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms.config import ActivationConfig
-from transforms.report.facts import FACTS
+from transforms.segments.batch_guards import TransitionsResult, guarded_replay
 from transforms.segments.codecs import ShuffleCodec
 from transforms.segments.guard import (
     BadRecordsError,
-    CountUnreadableFn,
-    GuardCountsFn,
     MassExitCountsFn,
     MassExitError,
     SnapshotCountsFn,
     SnapshotTimesFn,
-    check_bad_records,
-    check_mass_exit,
 )
 from transforms.segments.hold import MassExitGuardFn, ReleaseExitsFn, incomplete_marker
-from transforms.segments.tags import DEAD, GUARD, GUARD_KEY, STATES, TTL_EXITS
+from transforms.segments.tags import DEAD, GUARD, GUARD_KEY, TTL_EXITS
 from transforms.segments.transition_fns import BatchTransitionsFn, StreamingTransitionsFn
 
 __all__ = ["BadRecordsError", "ComputeSegmentTransitions", "MassExitError", "TransitionsResult"]
-
-
-class TransitionsResult(NamedTuple):
-    """The outputs of :class:`ComputeSegmentTransitions`.
-
-    Attributes:
-        transitions: ``(profile key, transition)``; see :mod:`transforms.segments.memberships`.
-        dead_letters: Dicts ``{"stage", "reason", "error", "file", "raw"}``.
-        states: Batch with ``carry_states``: ``(profile key, encoded state)`` to seed
-            the next run of a split backfill; otherwise ``None``.
-        report_facts: With ``report``: members per snapshot and segment, and the
-            mass-exit guard's counts (see :mod:`transforms.report.facts`).
-    """
-
-    transitions: beam.PCollection
-    dead_letters: beam.PCollection
-    states: beam.PCollection | None = None
-    report_facts: beam.PCollection | None = None
 
 
 class ComputeSegmentTransitions(beam.PTransform):
@@ -207,44 +185,23 @@ class ComputeSegmentTransitions(beam.PTransform):
             encoded = records | "EncodeRecords" >> beam.Map(
                 self._codec.encode_keyed
             ).with_output_types(tuple[str, bytes])
-        # The guard only needs which snapshots each profile is in: a light pass whose
-        # verdict is a side input of the replay, so no transition exists (and nothing
-        # downstream starts) before it passed.
-        # One shuffle for both passes: the guard reads each profile's presence from the
-        # grouped values' headers, and the replay reads the same groups once the
-        # verdict (its side input) exists.
+        # One shuffle for the guard and the replay: the guard reads each profile's
+        # presence from the grouped values' headers, and the replay reads the same
+        # groups once the verdicts (its side inputs) exist.
         grouped = encoded | "GroupByProfile" >> beam.GroupByKey()
-        guard_counts = (
-            grouped
-            | "CountAbsences" >> beam.ParDo(MassExitCountsFn(), snapshots)
-            | "SumAbsences" >> beam.CombineGlobally(GuardCountsFn())
+        return guarded_replay(
+            grouped,
+            config=config,
+            snapshots=snapshots,
+            count_fn=MassExitCountsFn(),
+            replay_fn=BatchTransitionsFn(config, self._carry_states, self._report, self._codec),
+            read_dead_letters=self._read_dead_letters,
+            allow_mass_exit=self._allow_mass_exit,
+            max_bad_records=self._max_bad_records,
+            carry_states=self._carry_states,
+            report=self._report,
+            dry_run=self._dry_run,
         )
-        verdict = guard_counts | "MassExitGuard" >> (
-            beam.Map(_report_only)
-            if self._dry_run
-            else beam.Map(check_mass_exit, config.max_exit_fraction, self._allow_mass_exit)
-        )
-        if self._read_dead_letters is not None:
-            unreadable = self._read_dead_letters | "CountUnreadable" >> beam.CombineGlobally(
-                CountUnreadableFn()
-            )
-        else:
-            unreadable = records.pipeline | "NoUnreadable" >> beam.Create([{}])
-        incomplete = unreadable | "BadRecordsGuard" >> beam.Map(
-            check_bad_records, self._max_bad_records
-        )
-        outputs = grouped | "Replay" >> beam.ParDo(
-            BatchTransitionsFn(config, self._carry_states, self._report, self._codec),
-            snapshots,
-            AsSingleton(verdict),
-            AsSingleton(incomplete),
-        ).with_outputs(DEAD, STATES, FACTS, main="transitions")
-        states = outputs[STATES] if self._carry_states else None
-        facts = None
-        if self._report:
-            guard_facts = guard_counts | "GuardFacts" >> beam.FlatMap(_guard_facts)
-            facts = (outputs[FACTS], guard_facts) | "MergeReplayFacts" >> beam.Flatten()
-        return TransitionsResult(outputs.transitions, outputs[DEAD], states, facts)
 
     def _expand_streaming(self, records: beam.PCollection) -> TransitionsResult:
         config = self._config
@@ -298,17 +255,6 @@ class ComputeSegmentTransitions(beam.PTransform):
         transitions = (outputs.transitions, held.released) | "MergeTransitions" >> beam.Flatten()
         dead_letters = (outputs[DEAD], held[DEAD]) | "MergeDeadLetters" >> beam.Flatten()
         return TransitionsResult(transitions, dead_letters)
-
-
-def _report_only(counts: dict) -> bool:
-    del counts  # a dry run sends nothing: the report shows the guard's verdict
-    return True
-
-
-def _guard_facts(counts: dict[int, list[int]]):
-    for snapshot_ms, (tracked, absent) in counts.items():
-        yield ("guard", snapshot_ms, "tracked"), tracked
-        yield ("guard", snapshot_ms, "absent"), absent
 
 
 def _landed_message(snapshot_ms: int) -> tuple[str, tuple]:
