@@ -9,12 +9,16 @@ Batch (``streaming=False``)::
     records (or the read's per-file counts) --CombineGlobally(SnapshotTimesFn or
             SnapshotCountsFn)--> snapshot times of the run ------------(side input)
     records --ShuffleCodec--> (key, bytes) --GroupByKey "GroupByProfile"--> grouped
-    grouped --MassExitCountsFn--> CombineGlobally(GuardCountsFn)
-            --> check_mass_exit --> verdict (raises MassExitError) ------(side input)
-    read dead letters --CombineGlobally(CountUnreadableFn)--> check_bad_records
+    grouped --MassExitGuard (MassExitCountsFn, GuardCountsFn, check_mass_exit)
+            --> verdict (raises MassExitError) -------------------------(side input)
+    read dead letters --BadRecordsGuard (CountUnreadableFn, check_bad_records)
             --> unreadable records per snapshot (raises BadRecordsError) -(side input)
     grouped --BatchTransitionsFn ("Replay")--> transitions (+ dead letters, carried
             states, report facts)
+
+  The guards and the replay that waits for them are
+  :func:`transforms.segments.batch_guards.guarded_replay`, which the columnar path
+  (:mod:`transforms.columnar`) shares.
 
   One GroupByKey serves both passes: the guard reads which snapshots each profile is
   in from the grouped values' headers, and the replay reads the same groups once the
