@@ -12,7 +12,7 @@ runner here makes the same choice Beam makes after Prism, directly:
   pipeline stage by stage and hands a stage's output on only once the stage finished,
   so a watch that runs for hours would deliver nothing before it stops. For streaming,
   the watch of new snapshots is swapped for a root transform of that runner (see
-  :func:`transforms.snapshots.watch.direct_runner_overrides`).
+  :func:`transforms.snapshots.watch_direct.direct_runner_overrides`).
 """
 
 from __future__ import annotations
