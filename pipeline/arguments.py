@@ -27,7 +27,7 @@ from transforms.beam_internals import (
 from transforms.config import ActivationConfig, load_config
 from transforms.errors import SegmentEventsError
 from transforms.events.timestamps import format_timestamp
-from transforms.snapshots.read import match_snapshot_files
+from transforms.snapshots.read import run_files
 from transforms.snapshots.snapshot_time import snapshot_time_from_path
 from transforms.snapshots.watch import DEFAULT_WATCH_INTERVAL_SECONDS
 
@@ -208,12 +208,11 @@ def parse_args(argv: Sequence[str]) -> tuple[JobSettings, ActivationConfig, Pipe
         _refuse_existing_outputs(settings)
     # Match now, so that a wrong pattern or an undated file fails before anything runs.
     # A streaming run watches for snapshots that have not landed yet: nothing to match.
-    inputs = (
-        []
-        if streaming
-        else match_snapshot_files(settings.inputs, False, settings.snapshot_time_field)
+    files = run_files(
+        () if streaming else settings.inputs, settings.baseline, settings.snapshot_time_field
     )
-    baseline = match_snapshot_files(settings.baseline, True, settings.snapshot_time_field)
+    inputs = [f for f in files if not f.baseline]
+    baseline = [f for f in files if f.baseline]
     _check_baseline_is_older(inputs, baseline)
     if inputs and not baseline and not settings.snapshots_per_run:
         input_times = {snapshot_time_from_path(f.path) for f in inputs}

@@ -39,7 +39,7 @@ from pipeline.graph import JobSettings
 from transforms.config import ActivationConfig
 from transforms.errors import SegmentEventsError
 from transforms.events.timestamps import format_timestamp
-from transforms.snapshots.read import SnapshotFile, match_snapshot_files
+from transforms.snapshots.read import SnapshotFile, run_files
 from transforms.snapshots.snapshot_time import require_snapshot_time
 
 _LOGGER = logging.getLogger(__name__)
@@ -76,8 +76,7 @@ def plan_runs(settings: JobSettings) -> list[RunPlan]:
     Returns:
         The runs in time order (one run when there are few enough snapshots).
     """
-    files = match_snapshot_files(settings.inputs, False, None)
-    files += match_snapshot_files(settings.baseline, True, None)
+    files = run_files(settings.inputs, settings.baseline, None)
     by_time: dict[int, list[SnapshotFile]] = defaultdict(list)
     for snapshot_file in files:
         by_time[require_snapshot_time(snapshot_file.path)].append(snapshot_file)

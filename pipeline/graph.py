@@ -26,7 +26,7 @@ from transforms.report.facts import SumReportFacts, dead_letter_facts
 from transforms.segments.carried_state import WriteCarriedStates
 from transforms.segments.codecs import ShuffleCodec
 from transforms.segments.transitions import ComputeSegmentTransitions
-from transforms.snapshots.read import ReadSnapshots, SnapshotFile, match_snapshot_files
+from transforms.snapshots.read import ReadSnapshots, SnapshotFile, run_files
 from transforms.snapshots.watch import DEFAULT_WATCH_INTERVAL_SECONDS, WatchSnapshots
 
 _LOGGER = logging.getLogger(__name__)
@@ -98,8 +98,7 @@ def build_pipeline(
     if not settings.streaming:
         files = settings.files
         if files is None:
-            files = match_snapshot_files(settings.inputs, False, settings.snapshot_time_field)
-            files += match_snapshot_files(settings.baseline, True, settings.snapshot_time_field)
+            files = run_files(settings.inputs, settings.baseline, settings.snapshot_time_field)
     if files is not None and settings.batch_path == "columnar":
         reason = unsupported_reason(files, settings.snapshot_time_field)
         if reason is None:

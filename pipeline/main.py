@@ -46,7 +46,7 @@ from transforms.config import ActivationConfig
 from transforms.errors import SegmentEventsError
 from transforms.kinesis.client import check_stream, make_kinesis_client
 from transforms.metrics import METRICS_NAMESPACE
-from transforms.snapshots.read import match_snapshot_files
+from transforms.snapshots.read import run_files
 from transforms.snapshots.snapshot_time import snapshot_time_from_path
 
 _LOGGER = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def finish_report(
     prefix = settings.report_facts_prefix or ""
     try:
         facts = read_facts(prefix)
-        baseline = match_snapshot_files(settings.baseline, True, settings.snapshot_time_field)
+        baseline = run_files((), settings.baseline, settings.snapshot_time_field)
         baseline_times = {snapshot_time_from_path(f.path) for f in baseline} - {None}
         report = build_report(
             facts,

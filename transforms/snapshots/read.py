@@ -131,6 +131,29 @@ def match_snapshot_files(
     return sorted(unique.values(), key=lambda f: f.path)
 
 
+def run_files(
+    inputs: Sequence[str], baseline: Sequence[str], snapshot_time_field: str | None
+) -> list[SnapshotFile]:
+    """The files a run reads: the one place that turns its patterns into files.
+
+    Args:
+        inputs: The ``--input`` glob patterns (empty: none, e.g. a streaming run, whose
+            snapshots have not landed yet).
+        baseline: The ``--baseline`` glob patterns.
+        snapshot_time_field: As in :func:`match_snapshot_files`.
+
+    Returns:
+        The ``--input`` files, then the ``--baseline`` files (``baseline=True``), each
+        part sorted by path as :func:`match_snapshot_files` returns it.
+
+    Raises:
+        InputError: As :func:`match_snapshot_files`; the inputs are checked first.
+    """
+    files = match_snapshot_files(inputs, False, snapshot_time_field)
+    files += match_snapshot_files(baseline, True, snapshot_time_field)
+    return files
+
+
 def _is_directory(path: str) -> bool:
     """Whether a matched path is a folder (local paths; object stores have none)."""
     return "://" not in path and os.path.isdir(path)
@@ -188,8 +211,7 @@ class ReadSnapshots(beam.PTransform):
         if self._files is not None:
             files = self._files
         else:
-            files = match_snapshot_files(self._inputs, False, self._field)
-            files += match_snapshot_files(self._baseline, True, self._field)
+            files = run_files(self._inputs, self._baseline, self._field)
         listed = [(f.path, f.format, f.baseline) for f in files]
         if self._carried_states:
             listed += [(path, CARRIED_STATE_FORMAT, False) for path in _match(self._carried_states)]

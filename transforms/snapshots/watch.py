@@ -70,9 +70,9 @@ from transforms.snapshots.landed import (
 )
 from transforms.snapshots.read import (
     DEAD_LETTER_TAG,
-    match_snapshot_files,
     parse_records_dofn,
     read_file_dofn,
+    run_files,
 )
 from transforms.snapshots.snapshot_time import require_snapshot_time
 from transforms.snapshots.watch_direct import direct_runner_overrides
@@ -134,7 +134,7 @@ class WatchSnapshots(beam.PTransform):
         # its records into the past after its own watermark had gone to the end of
         # time; on Flink with checkpointing they reached the transitions step after
         # the first snapshot had been applied, and seeded nothing.)
-        baseline_files = match_snapshot_files(self._baseline, True, None) if self._baseline else []
+        baseline_files = run_files((), self._baseline, None)
         baseline = [(f.path, require_snapshot_time(f.path)) for f in baseline_files]
         baseline_paths = [path for path, _ in baseline]
         paths = pbegin | "WatchLandedFiles" >> WatchLandedFiles(
