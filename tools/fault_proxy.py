@@ -104,6 +104,8 @@ class FaultProxy:
         self._stats = ProxyStats()
         self._entry_counter = 0
         self._hooks: dict[int, Any] = {}
+        # Hooks run one at a time and in their order, whichever request reaches them.
+        self._hook_lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", 0), _handler_class(self))
         self._thread: threading.Thread | None = None
 
@@ -171,16 +173,23 @@ class FaultProxy:
     def before_put_records(self, n: int, hook: Any) -> None:
         """Calls ``hook()`` before the ``n``-th PutRecords request (1-based) is forwarded.
 
-        The request waits for the hook; other requests go on meanwhile, as they would
-        while a real stream is resharded.
+        The request waits for the hook. Hooks run in their order, one at a time: a
+        request that reaches a later hook while an earlier one runs waits for it (with
+        several requests in flight, the 4th may arrive while the 2nd's hook runs).
         """
         with self._lock:
             self._hooks[n] = hook
 
-    def _due_hooks(self) -> list[Any]:
+    def _run_due_hooks(self) -> None:
         with self._lock:
-            due = sorted(n for n in self._hooks if n <= self._stats.put_records_requests)
-            return [self._hooks.pop(n) for n in due]
+            if not self._hooks:
+                return
+        with self._hook_lock:
+            with self._lock:
+                due = sorted(n for n in self._hooks if n <= self._stats.put_records_requests)
+                hooks = [self._hooks.pop(n) for n in due]
+            for hook in hooks:
+                hook()
 
     def snapshot(self) -> ProxyStats:
         """A copy of the statistics."""
@@ -321,8 +330,7 @@ def _handler_class(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             request = json.loads(body)
             records = request["Records"]
             proxy._count_entries(len(records))
-            for hook in proxy._due_hooks():
-                hook()
+            proxy._run_due_hooks()
             for fault in faults:
                 if fault.kind == "http":
                     proxy._injected(f"http_{fault.status}")
