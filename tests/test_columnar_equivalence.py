@@ -25,6 +25,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.dead_letter_schema import validate_dead_letters
 from tools.sample_data import AVRO_SCHEMA
 from transforms.columnar.bucket_replay import BucketTransitionsFn, steady_rows
 from transforms.columnar.read_batches import ReadBucketsFn
@@ -203,6 +204,7 @@ def run_path(columnar: bool, files, baseline_first: bool, initial: dict[str, Pro
             results[name] += values
     for name, values in _split(replay.finish_bundle()).items():
         results[name] += values
+    validate_dead_letters(letters + results[DEAD])
     return {
         "transitions": sorted(json.dumps(t, sort_keys=True) for t in results["main"]),
         "dead": sorted(json.dumps(d, sort_keys=True) for d in letters + results[DEAD]),
