@@ -18,6 +18,7 @@ import json
 import os
 
 import fastavro
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.pvalue import TaggedOutput
@@ -255,3 +256,18 @@ def test_repeated_days_are_skipped(tmp_path):
     table = bucket_table(values)
     mask = steady_rows(table, ["identityMap", "mapped_segments", "deleted", "person"])
     assert mask.tolist() == [False, True, True]
+
+
+def test_times_that_are_not_text_go_to_the_row_path():
+    from transforms.columnar.projection import check_segments
+
+    kind = pa.map_(pa.string(), pa.map_(pa.string(), pa.struct(
+        [("status", pa.string()), ("lastQualificationTime", pa.float64())])))
+    column = pa.array(
+        [[("ups", [("seg-a", {"status": "realized", "lastQualificationTime": 1.7e12})])],
+         [("ups", [("seg-a", {"status": "realized", "lastQualificationTime": None})])]],
+        type=kind,
+    )
+    valid = np.ones(2, dtype=bool)
+    check_segments(column, CONFIG, valid)
+    assert valid.tolist() == [False, True]

@@ -221,16 +221,6 @@ class BucketGuardCountsFn(beam.DoFn):
 class BucketTransitionsFn(BatchTransitionsFn):
     """Replays every profile of a bucket: ``(bucket, [IPC bytes])`` -> transitions."""
 
-    def __init__(
-        self,
-        config: ActivationConfig,
-        carry_states: bool = False,
-        report: bool = False,
-        codec: ShuffleCodec | None = None,
-    ) -> None:
-        super().__init__(config, carry_states, report, codec)
-        self._config = config
-
     def process(self, element, snapshots, verdict, incomplete):
         del verdict  # only read so that the replay waits for the mass-exit guard
         table = bucket_table(element[1])

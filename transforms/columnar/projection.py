@@ -171,9 +171,13 @@ def check_segments(
             bad |= pc.fill_null(pc.is_in(qualified, refused), False).to_numpy(
                 zero_copy_only=False
             )
-        qualified_text = pc.cast(qualified, pa.string()) if not pa.types.is_string(
-            qualified.type
-        ) else qualified
+        if pa.types.is_string(qualified.type):
+            qualified_text = qualified
+        else:
+            # Times of another type (epoch numbers, timestamps) go to the row path's
+            # parsing: as text they would not say what the row path reads from them.
+            bad |= _valid(qualified)
+            qualified_text = pa.nulls(len(entries), pa.string())
     else:
         qualified_text = pa.nulls(len(entries), pa.string())
     _mark(valid, entry_rows, bad)

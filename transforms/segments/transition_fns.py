@@ -125,6 +125,7 @@ class BatchTransitionsFn(TransitionsFnBase):
         codec: ShuffleCodec | None = None,
     ) -> None:
         super().__init__(config)
+        self._config = config
         self._codec = codec or ShuffleCodec(config)
         self._carry_states = carry_states
         self._report = report
