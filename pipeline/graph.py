@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.coders import coders
@@ -23,10 +23,11 @@ from transforms.events.format import FormatSegmentEvents
 from transforms.files import WriteFilePerBundle
 from transforms.kinesis.sink import WriteToKinesisStream
 from transforms.report.facts import SumReportFacts, dead_letter_facts
+from transforms.segments.batch_guards import TransitionsResult
 from transforms.segments.carried_state import WriteCarriedStates
 from transforms.segments.codecs import ShuffleCodec
-from transforms.segments.transitions import ComputeSegmentTransitions
-from transforms.snapshots.read import ReadSnapshots, SnapshotFile, run_files
+from transforms.segments.transitions import ComputeBatchTransitions, ComputeStreamingTransitions
+from transforms.snapshots.read import ReadEncodedSnapshots, SnapshotFile, run_files
 from transforms.snapshots.watch import DEFAULT_WATCH_INTERVAL_SECONDS, WatchSnapshots
 
 _LOGGER = logging.getLogger(__name__)
@@ -79,165 +80,183 @@ class JobSettings:
     kinesis_client_factory: Callable[[], Any] | None = field(default=None, compare=False)
 
 
+class JobOutputs(NamedTuple):
+    """The main PCollections of a built job, for tests to assert on.
+
+    Attributes:
+        transitions: ``(profile key, transition)``.
+        events: ``(partition key, event bytes)``.
+        dead_letters: Every stage's dead letters.
+    """
+
+    transitions: beam.PCollection
+    events: beam.PCollection
+    dead_letters: beam.PCollection
+
+
+class _Replayed(NamedTuple):
+    """Where a path's read and transitions meet the shared outputs."""
+
+    read_dead_letters: beam.PCollection
+    snapshot_counts: beam.PCollection | None  # batch: (snapshot ms, baseline, records)
+    result: TransitionsResult
+
+
 def build_pipeline(
     pipeline: beam.Pipeline, settings: JobSettings, config: ActivationConfig
-) -> dict[str, beam.PCollection]:
-    """Adds the whole job to a pipeline.
+) -> JobOutputs:
+    """Adds the whole job to a pipeline: read and replay (one of three paths), format,
+    then the event files, the stream, the report and the dead letters.
 
     Args:
         pipeline: The pipeline to add the steps to.
         settings: The validated job settings.
         config: The validated activation config.
-
-    Returns:
-        The main PCollections by name (``records``, ``transitions``, ``events``,
-        ``dead_letters``), for tests to assert on. In batch, ``records`` are
-        ``(profile key, bytes)`` encoded for the shuffle (see ``ReadSnapshots``).
     """
-    files = None
-    if not settings.streaming:
-        files = settings.files
-        if files is None:
-            files = run_files(settings.inputs, settings.baseline, settings.snapshot_time_field)
-    if files is not None and settings.batch_path == "columnar":
-        reason = unsupported_reason(files, settings.snapshot_time_field)
-        if reason is None:
-            return _build_columnar(pipeline, settings, config, files)
-        _LOGGER.info("The batch runs on the row path: %s", reason)
-    return _build_rows(pipeline, settings, config, files)
-
-
-def _build_columnar(pipeline, settings, config, files) -> dict[str, beam.PCollection]:
-    transitions, read_dead_letters, snapshot_counts = (
-        pipeline
-        | "ComputeTransitions"
-        >> ComputeTransitionsColumnar(
-            files,
-            config,
-            buckets=bucket_count(input_bytes(files)),
-            carried_states=settings.seed_state_pattern,
-            allow_mass_exit=settings.allow_mass_exit,
-            carry_states=settings.state_output_prefix is not None,
-            max_bad_records=settings.max_bad_records,
-            report=settings.report_facts_prefix is not None,
-            dry_run=settings.dry_run,
+    replayed = _read_and_replay(pipeline, settings, config)
+    transitions = replayed.result
+    if settings.state_output_prefix:
+        _ = transitions.states | "WriteCarriedStates" >> WriteCarriedStates(
+            settings.state_output_prefix
         )
+    formatted = transitions.transitions | "FormatEvents" >> FormatSegmentEvents(
+        config, report_facts=settings.report_facts_prefix is not None
     )
-    read = {"records": None, "dead_letters": read_dead_letters, "snapshots": snapshot_counts}
-    return _build_outputs(pipeline, settings, config, read, transitions)
+    if settings.output_path:
+        _write_event_files(formatted.events, settings)
+    dead_letters = [replayed.read_dead_letters, transitions.dead_letters]
+    if settings.kinesis_stream:
+        dead_letters.append(formatted.events | "WriteToKinesis" >> _kinesis_sink(settings))
+    all_dead_letters = dead_letters | "FlattenDeadLetters" >> beam.Flatten()
+    if settings.report_facts_prefix:
+        _write_report_facts(settings, replayed, formatted.facts, all_dead_letters)
+    if settings.dead_letter_path:
+        _write_dead_letters(all_dead_letters, settings)
+    return JobOutputs(transitions.transitions, formatted.events, all_dead_letters)
 
 
-def _build_rows(pipeline, settings, config, files) -> dict[str, beam.PCollection]:
+def _read_and_replay(pipeline, settings: JobSettings, config: ActivationConfig) -> _Replayed:
+    """The read and the transitions of the run's path: streaming (a watch of the
+    landing folder), or batch on the columnar path or the row path."""
     if settings.streaming:
-        read = pipeline | "WatchSnapshots" >> WatchSnapshots(
+        watched = pipeline | "WatchSnapshots" >> WatchSnapshots(
             settings.inputs,
             config,
             settings.baseline,
             settings.watch_interval or DEFAULT_WATCH_INTERVAL_SECONDS,
             settings.max_watch_seconds,
         )
-        codec = None
-    else:
-        # The read step encodes each record for the transitions' shuffle as it parses
-        # it, with the run's files and mapped segments as small ints.
-        codec = ShuffleCodec(config, [f.path for f in files])
-        read = pipeline | "ReadSnapshots" >> ReadSnapshots(
-            settings.inputs,
+        result = watched.records | "ComputeTransitions" >> ComputeStreamingTransitions(
             config,
-            settings.baseline,
-            settings.snapshot_time_field,
-            files=files,
-            carried_states=settings.seed_state_pattern,
-            codec=codec,
+            allow_mass_exit=settings.allow_mass_exit,
+            read_dead_letters=watched.dead_letters,
+            landed_snapshots=watched.landed,
         )
-    transitions = read["records"] | "ComputeTransitions" >> ComputeSegmentTransitions(
-        config,
-        streaming=settings.streaming,
-        allow_mass_exit=settings.allow_mass_exit,
-        carry_states=settings.state_output_prefix is not None,
-        read_dead_letters=read["dead_letters"],
-        landed_snapshots=read.get("landed"),
-        max_bad_records=settings.max_bad_records,
-        report=settings.report_facts_prefix is not None,
-        dry_run=settings.dry_run,
-        codec=codec,
-        snapshot_counts=read.get("snapshots"),
-    )
-    return _build_outputs(pipeline, settings, config, read, transitions)
-
-
-def _build_outputs(pipeline, settings, config, read, transitions) -> dict[str, beam.PCollection]:
-    del pipeline
-    if settings.state_output_prefix:
-        _ = transitions.states | "WriteCarriedStates" >> WriteCarriedStates(
-            settings.state_output_prefix
-        )
-    facts = []
-    if settings.report_facts_prefix:
-        events, format_facts = transitions.transitions | "FormatEvents" >> FormatSegmentEvents(
-            config, report_facts=True
-        )
-        facts = [transitions.report_facts, format_facts]
-        facts.append(read["snapshots"] | "CountSnapshotRecords" >> beam.Map(_record_fact))
-    else:
-        events = transitions.transitions | "FormatEvents" >> FormatSegmentEvents(config)
-    dead_letters = [read["dead_letters"], transitions.dead_letters]
-    if settings.output_path:
-        _ = (
-            events
-            | "SelectEventBytes" >> beam.Map(lambda event: event[1])
-            | "WriteEventFiles"
-            >> (
-                WriteFilePerBundle(settings.output_path)
-                if settings.streaming
-                else WriteToText(
-                    settings.output_path, file_name_suffix=".jsonl", coder=coders.BytesCoder()
-                )
-            )
-        )
-    if settings.kinesis_stream:
-        dead_letters.append(
-            events
-            | "WriteToKinesis"
-            >> WriteToKinesisStream(
-                stream_name=settings.kinesis_stream,
-                region=settings.kinesis_region,
-                endpoint_url=settings.kinesis_endpoint_url,
-                role_arn=settings.kinesis_role_arn,
-                max_records_per_second=settings.kinesis_max_records_per_second,
-                aggregate=settings.kinesis_aggregate,
-                max_record_bytes=settings.kinesis_max_record_bytes,
-                dead_letter=settings.dead_letter_path is not None,
-                client_factory=settings.kinesis_client_factory,
-            )
-        )
-    all_dead_letters = dead_letters | "FlattenDeadLetters" >> beam.Flatten()
-    if settings.report_facts_prefix:
-        facts.append(all_dead_letters | "CountDeadLetters" >> beam.FlatMap(dead_letter_facts))
-        _ = (
-            facts
-            | "MergeReportFacts" >> beam.Flatten()
-            | "WriteReportFacts" >> SumReportFacts(settings.report_facts_prefix)
-        )
-    if settings.dead_letter_path:
-        _ = (
-            all_dead_letters
-            | "EncodeDeadLetters" >> beam.Map(encode_dead_letter)
-            | "WriteDeadLetterFiles"
-            >> (
-                WriteFilePerBundle(settings.dead_letter_path)
-                if settings.streaming
-                else WriteToText(
-                    settings.dead_letter_path, file_name_suffix=".jsonl", skip_if_empty=True
-                )
-            )
-        )
-    return {
-        "records": read["records"],
-        "transitions": transitions.transitions,
-        "events": events,
-        "dead_letters": all_dead_letters,
+        return _Replayed(watched.dead_letters, None, result)
+    files = settings.files
+    if files is None:
+        files = run_files(settings.inputs, settings.baseline, settings.snapshot_time_field)
+    batch = {
+        "allow_mass_exit": settings.allow_mass_exit,
+        "carry_states": settings.state_output_prefix is not None,
+        "max_bad_records": settings.max_bad_records,
+        "report": settings.report_facts_prefix is not None,
+        "dry_run": settings.dry_run,
     }
+    if settings.batch_path == "columnar":
+        reason = unsupported_reason(files, settings.snapshot_time_field)
+        if reason is None:
+            result, read_dead_letters, snapshot_counts = (
+                pipeline
+                | "ComputeTransitions"
+                >> ComputeTransitionsColumnar(
+                    files,
+                    config,
+                    buckets=bucket_count(input_bytes(files)),
+                    carried_states=settings.seed_state_pattern,
+                    **batch,
+                )
+            )
+            return _Replayed(read_dead_letters, snapshot_counts, result)
+        _LOGGER.info("The batch runs on the row path: %s", reason)
+    # The read step encodes each record for the transitions' shuffle as it parses it,
+    # with the run's files and mapped segments as small ints.
+    codec = ShuffleCodec(config, [f.path for f in files])
+    read = pipeline | "ReadSnapshots" >> ReadEncodedSnapshots(
+        settings.inputs,
+        config,
+        settings.baseline,
+        settings.snapshot_time_field,
+        files=files,
+        carried_states=settings.seed_state_pattern,
+        codec=codec,
+    )
+    result = read.records | "ComputeTransitions" >> ComputeBatchTransitions(
+        config,
+        read_dead_letters=read.dead_letters,
+        codec=codec,
+        snapshot_counts=read.snapshot_counts,
+        **batch,
+    )
+    return _Replayed(read.dead_letters, read.snapshot_counts, result)
+
+
+def _write_event_files(events: beam.PCollection, settings: JobSettings) -> None:
+    _ = (
+        events
+        | "SelectEventBytes" >> beam.Map(lambda event: event[1])
+        | "WriteEventFiles"
+        >> (
+            WriteFilePerBundle(settings.output_path)
+            if settings.streaming
+            else WriteToText(
+                settings.output_path, file_name_suffix=".jsonl", coder=coders.BytesCoder()
+            )
+        )
+    )
+
+
+def _kinesis_sink(settings: JobSettings) -> WriteToKinesisStream:
+    return WriteToKinesisStream(
+        stream_name=settings.kinesis_stream,
+        region=settings.kinesis_region,
+        endpoint_url=settings.kinesis_endpoint_url,
+        role_arn=settings.kinesis_role_arn,
+        max_records_per_second=settings.kinesis_max_records_per_second,
+        aggregate=settings.kinesis_aggregate,
+        max_record_bytes=settings.kinesis_max_record_bytes,
+        dead_letter=settings.dead_letter_path is not None,
+        client_factory=settings.kinesis_client_factory,
+    )
+
+
+def _write_report_facts(settings, replayed: _Replayed, format_facts, all_dead_letters) -> None:
+    facts = [
+        replayed.result.report_facts,
+        format_facts,
+        replayed.snapshot_counts | "CountSnapshotRecords" >> beam.Map(_record_fact),
+        all_dead_letters | "CountDeadLetters" >> beam.FlatMap(dead_letter_facts),
+    ]
+    _ = (
+        facts
+        | "MergeReportFacts" >> beam.Flatten()
+        | "WriteReportFacts" >> SumReportFacts(settings.report_facts_prefix)
+    )
+
+
+def _write_dead_letters(all_dead_letters: beam.PCollection, settings: JobSettings) -> None:
+    _ = (
+        all_dead_letters
+        | "EncodeDeadLetters" >> beam.Map(encode_dead_letter)
+        | "WriteDeadLetterFiles"
+        >> (
+            WriteFilePerBundle(settings.dead_letter_path)
+            if settings.streaming
+            else WriteToText(
+                settings.dead_letter_path, file_name_suffix=".jsonl", skip_if_empty=True
+            )
+        )
+    )
 
 
 def _record_fact(element: tuple[int, bool, int]) -> tuple[tuple, int]:

@@ -600,7 +600,9 @@ def test_formatted_elements_are_keyed_by_the_hashed_partition_key():
         (hashlib.sha256(KEY.encode("utf-8")).hexdigest(), format_event(KEY, TRANSITION, config))
     ]
     with TestPipeline() as pipeline:
-        formatted = pipeline | beam.Create([(KEY, TRANSITION)]) | FormatSegmentEvents(config)
+        formatted = (
+            pipeline | beam.Create([(KEY, TRANSITION)]) | FormatSegmentEvents(config)
+        ).events
         assert_that(formatted, equal_to(expected))
 
 
@@ -673,7 +675,7 @@ def _model_event(key: str, transition: dict, config: ActivationConfig) -> bytes:
 # Names and ids that could fool a template: quotes, the template's own marker and key,
 # backslashes, non-ASCII, control characters.
 _HOSTILE = st.sampled_from(
-    ['a', 'b"c', "LQT", '"lastQualificationTime":"LQT"', "x\\y", "Zoë", "tab\there", "ß", "_"]
+    ["a", 'b"c', "LQT", '"lastQualificationTime":"LQT"', "x\\y", "Zoë", "tab\there", "ß", "_"]
 )
 
 

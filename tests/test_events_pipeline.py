@@ -115,7 +115,7 @@ def _run(transitions: list[tuple[str, dict]]):
         pipeline
         | "CreateTransitions" >> Create(transitions, reshuffle=False)
         | "Format" >> FormatSegmentEvents(CONFIG)
-    )
+    ).events
     assert_that(records, _matches(_expected_records()))
     result = pipeline.run()
     result.wait_until_finish()
@@ -186,7 +186,7 @@ WITH_EMAIL = (
 
 def _run_config(config, transitions):
     pipeline = test_pipeline.TestPipeline(runner=OfflineDirectRunner())
-    records = pipeline | Create(transitions, reshuffle=False) | FormatSegmentEvents(config)
+    records = (pipeline | Create(transitions, reshuffle=False) | FormatSegmentEvents(config)).events
     expected = [
         (hashlib.sha256(key.encode("utf-8")).hexdigest(), format_event(key, transition, config))
         for key, transition in transitions

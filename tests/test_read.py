@@ -56,8 +56,8 @@ def read(inputs, config=CONFIG, field=None, baseline=()):
     with beam.Pipeline(runner=OfflineDirectRunner()) as pipeline:
         result = pipeline | ReadSnapshots(inputs, config, baseline, field)
         both = (
-            result["records"] | "TagRecords" >> beam.ParDo(Collect("records")),
-            result["dead_letters"] | "TagDead" >> beam.ParDo(Collect("dead")),
+            result.records | "TagRecords" >> beam.ParDo(Collect("records")),
+            result.dead_letters | "TagDead" >> beam.ParDo(Collect("dead")),
         ) | beam.Flatten()
         collected = both | beam.combiners.ToList()
         # DoFns are pickled, so the result travels through a file, not a closure.

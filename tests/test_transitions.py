@@ -1,4 +1,4 @@
-"""ComputeSegmentTransitions in batch on the DirectRunner (FnApiRunner): rules and guard."""
+"""ComputeBatchTransitions on the DirectRunner (FnApiRunner): rules and guard."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from transforms.segments.guard import check_mass_exit
 from transforms.segments.state import (
     ProfileState,
 )
-from transforms.segments.transitions import ComputeSegmentTransitions, MassExitError
+from transforms.segments.transitions import ComputeBatchTransitions, MassExitError
 
 DAY = 86_400_000
 T1, T2, T3, T4 = (1706659200000 + i * DAY for i in range(4))  # 2024-01-31 .. 2024-02-03
@@ -62,7 +62,7 @@ def run_batch(records, config=CONFIG, allow_mass_exit=False, expected=None, dead
     result = (
         pipeline
         | beam.Create(records, reshuffle=False)
-        | ComputeSegmentTransitions(config, allow_mass_exit=allow_mass_exit)
+        | ComputeBatchTransitions(config, allow_mass_exit=allow_mass_exit)
     )
     assert_that(result.transitions, equal_to(expected), label="transitions")
     assert_that(result.dead_letters, equal_to(list(dead)), label="dead letters")
@@ -187,7 +187,7 @@ def test_mass_exit_fails_the_run_and_sends_nothing(tmp_path, allow):
     result = (
         pipeline
         | beam.Create(truncated_run())
-        | ComputeSegmentTransitions(CONFIG, allow_mass_exit=allow)
+        | ComputeBatchTransitions(CONFIG, allow_mass_exit=allow)
     )
     _ = result.transitions | beam.ParDo(_AppendToFile(str(delivered)))
     if allow:

@@ -1,4 +1,4 @@
-"""ComputeSegmentTransitions in streaming: TestStream runs with explicit watermarks."""
+"""ComputeStreamingTransitions: TestStream runs with explicit watermarks."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from apache_beam.utils.timestamp import Timestamp
 from pipeline.runners import OfflineDirectRunner
 from tests.support.dead_letter_schema import validate_dead_letter
 from transforms.config import parse_config
-from transforms.segments.transitions import ComputeSegmentTransitions
+from transforms.segments.transitions import ComputeStreamingTransitions
 
 DAY = 86_400_000
 HOUR = 3_600_000
@@ -78,7 +78,7 @@ def run_stream(stream, cfg, expected, dead=(), allow_mass_exit=False):
     result = (
         pipeline
         | stream
-        | ComputeSegmentTransitions(cfg, streaming=True, allow_mass_exit=allow_mass_exit)
+        | ComputeStreamingTransitions(cfg, allow_mass_exit=allow_mass_exit)
     )
     assert_that(result.transitions, equal_to(expected), label="transitions")
     letters = result.dead_letters | beam.Map(_checked, ("stage", "reason", "file"))
@@ -283,7 +283,7 @@ def _run_with_letters(stream, cfg, expected, dead):
     options.view_as(StandardOptions).streaming = True
     pipeline = test_pipeline.TestPipeline(runner=OfflineDirectRunner(), options=options)
     both = pipeline | stream | beam.Partition(lambda e, _n: 0 if isinstance(e, tuple) else 1, 2)
-    result = both[0] | ComputeSegmentTransitions(cfg, streaming=True, read_dead_letters=both[1])
+    result = both[0] | ComputeStreamingTransitions(cfg, read_dead_letters=both[1])
     assert_that(result.transitions, equal_to(expected), label="transitions")
     letters = result.dead_letters | beam.Map(_checked, ("stage", "reason"))
     assert_that(letters, equal_to(list(dead)), label="dead letters")
@@ -368,7 +368,7 @@ def _run_with_landed(stream, cfg, expected):
     options.view_as(StandardOptions).streaming = True
     pipeline = test_pipeline.TestPipeline(runner=OfflineDirectRunner(), options=options)
     both = pipeline | stream | beam.Partition(lambda e, _n: 0 if isinstance(e, tuple) else 1, 2)
-    result = both[0] | ComputeSegmentTransitions(cfg, streaming=True, landed_snapshots=both[1])
+    result = both[0] | ComputeStreamingTransitions(cfg, landed_snapshots=both[1])
     assert_that(result.transitions, equal_to(expected), label="transitions")
     pipeline.run().wait_until_finish()
 

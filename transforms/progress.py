@@ -28,6 +28,15 @@ import time
 
 ENV = "SEGMENT_EVENTS_PROGRESS_INTERVAL"
 _NAMES = ("records_read", "profiles_total", "profiles", "events", "records_sent", "throttled")
+# The Beam counters (namespace segment_events) that the lines show, by their name here.
+# "profiles_total" is not a counter: the mass-exit guard's pass counts it with add().
+SHOWN = {
+    "records_read": "records_read",
+    "profiles_processed": "profiles",
+    "events_formatted": "events",
+    "kinesis_records_sent": "records_sent",
+    "kinesis_throttled_records": "throttled",
+}
 
 _counts: dict[str, int] = dict.fromkeys(_NAMES, 0)
 _interval: float | None = None
@@ -74,7 +83,8 @@ def _from_environment() -> None:
 
 
 def add(name: str, n: int = 1) -> None:
-    """Counts ``n`` more of ``name`` (one of ``_NAMES``); starts the printer on first use."""
+    """Counts ``n`` more of ``name`` (one of ``_NAMES``) that is not a Beam counter;
+    starts the printer on first use."""
     if _interval is None:
         return
     _counts[name] += n
@@ -82,13 +92,17 @@ def add(name: str, n: int = 1) -> None:
         _start()
 
 
-def add_event(snapshot_ms: int) -> None:
-    """Counts one event of the snapshot at ``snapshot_ms``."""
+def count(counter: str, n: int = 1, snapshot_ms: int | None = None) -> None:
+    """Counts ``n`` more of a Beam counter the lines show (see :data:`SHOWN`); called
+    by :class:`transforms.metrics.StepCounts`, not by DoFns."""
     if _interval is None:
         return
-    _counts["events"] += 1
-    if _per_snapshot:
-        _by_snapshot[snapshot_ms] = _by_snapshot.get(snapshot_ms, 0) + 1
+    name = SHOWN.get(counter)
+    if name is None:
+        return
+    _counts[name] += n
+    if snapshot_ms is not None and _per_snapshot:
+        _by_snapshot[snapshot_ms] = _by_snapshot.get(snapshot_ms, 0) + n
     if _thread is None:
         _start()
 

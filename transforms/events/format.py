@@ -32,16 +32,14 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
-from transforms import progress
 from transforms.config import ActivationConfig, SegmentMapping
 from transforms.errors import SegmentEventsError
 from transforms.events.identities import output_identities
+from transforms.events.statuses import STATUSES
 from transforms.events.timestamps import TimestampError, format_timestamp, parse_timestamp
-from transforms.metrics import METRICS_NAMESPACE
+from transforms.metrics import StepCounts
 from transforms.report.facts import CAUSE, FACTS, bundle_facts, count_event, count_excluded
-from transforms.snapshots.profiles import STATUSES
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -281,19 +279,34 @@ class EventFormatter:
         return payload
 
 
+class FormattedEvents(NamedTuple):
+    """What :class:`FormatSegmentEvents` returns.
+
+    Attributes:
+        events: ``(partition key, event bytes)``: what goes to Kinesis and to
+            ``--output_path``.
+        facts: The report's facts (:mod:`transforms.report.facts`) when asked for
+            with ``report_facts``; otherwise an empty PCollection.
+    """
+
+    events: beam.PCollection
+    facts: beam.PCollection
+
+
 class FormatSegmentEvents(beam.PTransform):
     """Formats ``(profile key, transition)`` into ``(partition key, event bytes)``.
 
-    The bytes are what goes to Kinesis and to ``--output_path``. Counters (namespace
-    ``segment_events``): ``events_formatted`` and ``events_by_status_<status>`` per
-    segment entry; ``events_excluded_no_identity`` for events not formatted because the
-    profile has no identity in the output namespaces (unless the config says
-    ``send_without_identity``).
+    Counters (namespace ``segment_events``): ``events_formatted`` and
+    ``events_by_status_<status>`` per segment entry; ``events_excluded_no_identity``
+    for events not formatted because the profile has no identity in the output
+    namespaces (unless the config says ``send_without_identity``).
 
     Args:
         config: The activation config.
-        report_facts: Also count the report's facts (:mod:`transforms.report.facts`);
-            ``expand`` then returns ``(events, facts)``.
+        report_facts: Also count the report's facts (:mod:`transforms.report.facts`).
+
+    Returns (from ``expand``):
+        A :class:`FormattedEvents`.
     """
 
     def __init__(self, config: ActivationConfig, *, report_facts: bool = False) -> None:
@@ -301,12 +314,16 @@ class FormatSegmentEvents(beam.PTransform):
         self._config = config
         self._report_facts = report_facts
 
-    def expand(self, pcoll: beam.PCollection):
+    def expand(self, pcoll: beam.PCollection) -> FormattedEvents:
         fn = _FormatEventFn(self._config, self._report_facts)
-        if not self._report_facts:
-            return pcoll | "FormatEvents" >> beam.ParDo(fn).with_output_types(tuple[str, bytes])
-        outputs = pcoll | "FormatEvents" >> beam.ParDo(fn).with_outputs(FACTS, main="events")
-        return outputs.events, outputs[FACTS]
+        outputs = pcoll | "FormatEvents" >> beam.ParDo(fn).with_output_types(
+            tuple[str, bytes]
+        ).with_outputs(FACTS, main="events")
+        return FormattedEvents(outputs.events, outputs[FACTS])
+
+
+# The counter of each event status: events_by_status_<status>.
+_BY_STATUS = {status: f"events_by_status_{status}" for status in EVENT_STATUSES}
 
 
 class _FormatEventFn(beam.DoFn):
@@ -316,22 +333,12 @@ class _FormatEventFn(beam.DoFn):
         self._config = config
         self._report_facts = report_facts
         self._facts: Counter = Counter()
-        self._counts: Counter = Counter()
+        self._counts = StepCounts()
         self._formatter: EventFormatter | None = None
-        self._formatted = Metrics.counter(METRICS_NAMESPACE, "events_formatted")
-        self._excluded = Metrics.counter(METRICS_NAMESPACE, "events_excluded_no_identity")
-        self._by_status = {
-            status: Metrics.counter(METRICS_NAMESPACE, f"events_by_status_{status}")
-            for status in EVENT_STATUSES
-        }
 
     def setup(self) -> None:
         # Built on the worker: the lookups need not travel with the pickled DoFn.
         self._formatter = EventFormatter(self._config)
-
-    def start_bundle(self) -> None:
-        # Counted per bundle, flushed once: a counter update costs about a microsecond.
-        self._counts: Counter = Counter()
 
     def process(self, element: tuple[str, dict]) -> Iterable[tuple[str, bytes]]:
         profile_key, transition = element
@@ -345,17 +352,16 @@ class _FormatEventFn(beam.DoFn):
             _LOGGER.error("Cannot format a segment event: %s", err)
             raise
         if formatted is None:
-            self._excluded.inc()
+            self._counts.add("events_excluded_no_identity")
             if self._report_facts:
                 count_excluded(
                     self._facts, transition["snapshot_ms"], transition.get("identities") or {}
                 )
             return
         counts = self._counts
-        counts[None] += 1
-        progress.add_event(transition["snapshot_ms"])
+        counts.add("events_formatted", snapshot_ms=transition["snapshot_ms"])
         for status in formatted.statuses:
-            counts[status] += 1
+            counts.add(_BY_STATUS[status])
         if self._report_facts:
             count_event(
                 self._facts,
@@ -367,9 +373,7 @@ class _FormatEventFn(beam.DoFn):
         yield partition_key_for(profile_key), formatted.data
 
     def finish_bundle(self):
-        for status, count in self._counts.items():
-            (self._formatted if status is None else self._by_status[status]).inc(count)
-        self._counts.clear()
+        self._counts.flush()
         if self._facts:
             yield from bundle_facts(self._facts)
 

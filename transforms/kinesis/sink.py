@@ -71,8 +71,6 @@ _COUNTERS = (
 _DISTRIBUTIONS = ("kinesis_batch_records", "kinesis_request_latency_ms")
 
 __all__ = ["KinesisSinkError", "WriteToKinesisStream"]
-# The sink's counters that progress lines show.
-_PROGRESS = {"kinesis_records_sent": "records_sent", "kinesis_throttled_records": "throttled"}
 
 
 class _BeamSinkMetrics(SinkMetrics):
@@ -87,9 +85,8 @@ class _BeamSinkMetrics(SinkMetrics):
     def inc(self, name: str, n: int = 1) -> None:
         if n:
             self._counters[name].inc(n)
-            progress_name = _PROGRESS.get(name)
-            if progress_name is not None:
-                progress.add(progress_name, n)
+            # The progress lines show some of them (transforms.progress.SHOWN).
+            progress.count(name, n)
 
     def observe(self, name: str, value: int) -> None:
         self._distributions[name].update(value)

@@ -15,18 +15,16 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam import coders
-from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms import userstate
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms import progress
 from transforms.config import ActivationConfig
 from transforms.dead_letters import LATE_SNAPSHOT, transitions_dead_letter
 from transforms.events.timestamps import format_timestamp
-from transforms.metrics import METRICS_NAMESPACE
+from transforms.metrics import StepCounts
 from transforms.report.facts import CAUSE, bundle_facts, count_members, exit_cause
 from transforms.segments.codecs import (
     ShuffleCodec,
@@ -65,23 +63,21 @@ class TransitionsFnBase(beam.DoFn):
         self._triggers = Triggers.from_config(config)
         ttl = config.absent_profile_ttl_seconds
         self._ttl_ms = None if ttl is None else ttl * 1000
-        self._counters: dict[str, Any] = {}
+        self._counts = StepCounts()
         self._tally = Tally()
 
     def start_bundle(self) -> None:
         self._tally = Tally()
 
     def _flush_counters(self) -> None:
+        # The pure core counts in the tally; the DoFn's own counts are in _counts.
         for name, value in self._tally.counters.items():
-            if value:
-                counter = self._counters.get(name)
-                if counter is None:
-                    counter = self._counters[name] = Metrics.counter(METRICS_NAMESPACE, name)
-                counter.inc(value)
+            self._counts.add(name, value)
         self._tally.counters.clear()
+        self._counts.flush()
 
     def _late(self, record: dict, applied_ms: int) -> TaggedOutput:
-        self._tally.counters["late_records"] += 1
+        self._counts.add("late_records")
         return TaggedOutput(
             DEAD,
             transitions_dead_letter(
@@ -149,8 +145,7 @@ class BatchTransitionsFn(TransitionsFnBase):
 
     def replay_profile(self, key, initial, records, snapshots, incomplete):
         """Replays one profile's records of the run (and its carried state, if any)."""
-        self._tally.counters["profiles_processed"] += 1
-        progress.add("profiles")
+        self._counts.add("profiles_processed")
         if snapshots is not self._times_for:
             # The side input is the same object for a whole bundle: sort it once.
             self._times_for = snapshots

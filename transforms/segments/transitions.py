@@ -1,10 +1,11 @@
 """Segment entry/exit transitions per profile (docs/contract.md §4, §7, §9).
 
-:class:`ComputeSegmentTransitions` turns ``(profile key, record)`` pairs into
-``(profile key, transition)`` pairs. The rules live in the pure functions of
+:class:`ComputeBatchTransitions` and :class:`ComputeStreamingTransitions` turn
+``(profile key, record)`` pairs into ``(profile key, transition)`` pairs, each
+returning one :class:`TransitionsResult`. The rules live in the pure functions of
 :mod:`transforms.segments.memberships`; this module only feeds them, in two modes.
 
-Batch (``streaming=False``)::
+Batch (:class:`ComputeBatchTransitions`)::
 
     records (or the read's per-file counts) --CombineGlobally(SnapshotTimesFn or
             SnapshotCountsFn)--> snapshot times of the run ------------(side input)
@@ -38,7 +39,7 @@ Batch (``streaming=False``)::
   The replay step reads the verdicts as side inputs: it cannot start, and nothing
   downstream of it (sink, files) receives a transition, before the guards passed.
 
-Streaming (``streaming=True``)::
+Streaming (:class:`ComputeStreamingTransitions`)::
 
     records --StreamingTransitionsFn (stateful, "Replay")--> transitions
        +-- TTL exits (keyed by last seen snapshot and shard) ----------------+
@@ -78,108 +79,85 @@ from transforms.segments.hold import MassExitGuardFn, ReleaseExitsFn, incomplete
 from transforms.segments.tags import DEAD, GUARD, GUARD_KEY, TTL_EXITS
 from transforms.segments.transition_fns import BatchTransitionsFn, StreamingTransitionsFn
 
-__all__ = ["BadRecordsError", "ComputeSegmentTransitions", "MassExitError", "TransitionsResult"]
+__all__ = [
+    "BadRecordsError",
+    "ComputeBatchTransitions",
+    "ComputeStreamingTransitions",
+    "MassExitError",
+    "TransitionsResult",
+]
 
 
-class ComputeSegmentTransitions(beam.PTransform):
-    """Computes segment entry/exit transitions per profile key (docs/contract.md §4).
+class ComputeBatchTransitions(beam.PTransform):
+    """Batch segment entry/exit transitions per profile key (docs/contract.md §4).
 
-    Example timeline (batch, one profile ``k``, segment ``s`` mapped)::
+    Example timeline (one profile ``k``, segment ``s`` mapped)::
 
         T1  k: s realized (lqt L1)   -> {"s": ["realized", L1]}   first sight
         T2  k: s existing            -> nothing                    member -> member
         T3  k absent                 -> {"s": ["exited", T3]}      disappearance
         T4  k: s realized (no lqt)   -> {"s": ["realized", T4]}    re-entry
 
-    In streaming the same records (as elements stamped T1, T2, T4) give the same events
-    except that T3's exit becomes a TTL exit at (T2 + absent_profile_ttl), if that is
-    before T4.
+    Input: ``(profile key, record)`` pairs, or, with ``snapshot_counts``, the
+    ``(profile key, bytes)`` pairs that ``ReadEncodedSnapshots`` encoded with ``codec``.
 
     Args:
         config: The activation config.
-        streaming: Streaming semantics (TTL exits, late data) instead of batch.
         allow_mass_exit: Do not stop at the mass-exit guard (docs/contract.md §7).
-        carry_states: Batch only: the result's ``states`` holds what the next run of a
-            split backfill needs, as opaque ``bytes`` values for
+        carry_states: The result's ``states`` holds what the next run of a split
+            backfill needs, as opaque ``bytes`` values for
             :class:`transforms.segments.carried_state.WriteCarriedStates`.
         read_dead_letters: The read step's dead letters. Those whose profile is
-            unknown (``"profile_state": "unknown"``) make their snapshot incomplete.
-            Batch: more than ``max_bad_records`` of them fail the run before any
-            transition exists (:class:`BadRecordsError`); up to that many, no profile
-            exits by disappearance from an incomplete snapshot. Streaming (with
-            ``absent_profile_ttl``): TTL exits of profiles last seen at T are withheld
-            when a snapshot in (T, T + TTL] is incomplete.
-        max_bad_records: Batch only; see ``read_dead_letters``.
-        landed_snapshots: Streaming: the snapshot time (epoch ms) of every landed file.
-            A TTL exit at T + TTL is sent only once a snapshot at or after T + TTL has
-            landed, so a stop or a drain (the watermark jumps to the end of time)
-            sends no exit that no snapshot proved. ``None``: the watermark alone proves
-            it (for inputs whose watermark only advances as snapshots land).
-        report: Batch only: also count the report's facts, and tell the formatter
-            the cause of each exit (``transition["exit_cause"]``).
-        dry_run: Batch only: nothing will be sent, so the mass-exit guard does not
-            stop the run; its counts go to the report, which shows the verdict.
-        codec: Batch only: how records cross the GroupByKey (made from the config when
-            not given); give the one the read step encoded with.
-        snapshot_counts: Batch only: ``(snapshot ms, baseline, records)`` per file, from
-            ``ReadSnapshots(codec=...)``. With it, the input records are already
-            ``(profile key, bytes)`` encoded by ``codec``, and the run's snapshot times
-            come from these counts instead of a pass over every record.
+            unknown (``"profile_state": "unknown"``) make their snapshot incomplete:
+            more than ``max_bad_records`` of them fail the run before any transition
+            exists (:class:`BadRecordsError`); up to that many, no profile exits by
+            disappearance from an incomplete snapshot.
+        max_bad_records: See ``read_dead_letters``.
+        report: Also count the report's facts, and tell the formatter the cause of
+            each exit (``transition["exit_cause"]``).
+        dry_run: Nothing will be sent, so the mass-exit guard does not stop the run;
+            its counts go to the report, which shows the verdict.
+        codec: How records cross the GroupByKey (made from the config when not given);
+            give the one the read step encoded with.
+        snapshot_counts: ``(snapshot ms, baseline, records)`` per file, from
+            ``ReadEncodedSnapshots``. With it, the input records are already encoded by
+            ``codec``, and the run's snapshot times come from these counts instead of
+            a pass over every record.
 
     Returns (from ``expand``):
-        A :class:`TransitionsResult` with ``transitions`` and ``dead_letters``.
+        A :class:`TransitionsResult`.
     """
 
     def __init__(
         self,
         config: ActivationConfig,
-        streaming: bool = False,
-        allow_mass_exit: bool = False,
-        label: str | None = None,
-        carry_states: bool = False,
         *,
+        allow_mass_exit: bool = False,
+        carry_states: bool = False,
         read_dead_letters: beam.PCollection | None = None,
         max_bad_records: int = 0,
-        landed_snapshots: beam.PCollection | None = None,
         report: bool = False,
         dry_run: bool = False,
         codec: ShuffleCodec | None = None,
         snapshot_counts: beam.PCollection | None = None,
     ) -> None:
-        super().__init__(label)
-        if streaming and (codec is not None or snapshot_counts is not None):
-            raise ValueError("encoded records only apply to batch runs")
-        self._codec = codec or ShuffleCodec(config)
-        self._snapshot_counts = snapshot_counts
-        if streaming and carry_states:
-            raise ValueError("carried states only apply to batch runs")
-        if streaming and (report or dry_run):
-            raise ValueError("reports and dry runs only apply to batch runs")
-        self._report = report
-        self._dry_run = dry_run
-        self._read_dead_letters = read_dead_letters
-        self._landed_snapshots = landed_snapshots
-        self._max_bad_records = max_bad_records
+        super().__init__()
         self._config = config
-        self._streaming = streaming
         self._allow_mass_exit = allow_mass_exit
         self._carry_states = carry_states
+        self._read_dead_letters = read_dead_letters
+        self._max_bad_records = max_bad_records
+        self._report = report
+        self._dry_run = dry_run
+        self._codec = codec or ShuffleCodec(config)
+        self._snapshot_counts = snapshot_counts
 
-    def expand(self, keyed_records: beam.PCollection) -> TransitionsResult:
-        records = keyed_records
-        if not isinstance(keyed_records.windowing.windowfn, GlobalWindows):
-            # Profile state must outlive any window: it spans the whole run.
-            records = keyed_records | "GlobalWindow" >> beam.WindowInto(GlobalWindows())
-        if self._streaming:
-            return self._expand_streaming(records)
-        return self._expand_batch(records)
-
-    def _expand_batch(self, records: beam.PCollection) -> TransitionsResult:
+    def expand(self, records: beam.PCollection) -> TransitionsResult:
         config = self._config
+        records = _in_global_window(records)
         if self._snapshot_counts is not None:
             snapshots = AsSingleton(
-                self._snapshot_counts
-                | "SnapshotTimes" >> beam.CombineGlobally(SnapshotCountsFn())
+                self._snapshot_counts | "SnapshotTimes" >> beam.CombineGlobally(SnapshotCountsFn())
             )
             encoded = records
         else:
@@ -207,10 +185,52 @@ class ComputeSegmentTransitions(beam.PTransform):
             dry_run=self._dry_run,
         )
 
-    def _expand_streaming(self, records: beam.PCollection) -> TransitionsResult:
+
+class ComputeStreamingTransitions(beam.PTransform):
+    """Streaming segment entry/exit transitions per profile key (docs/contract.md §4, §9).
+
+    The same records as :class:`ComputeBatchTransitions`'s timeline, as elements stamped
+    T1, T2 and T4 (T3's snapshot does not hold ``k``), give the same events, except
+    that T3's exit becomes a TTL exit at (T2 + absent_profile_ttl), if that is before
+    T4; without ``absent_profile_ttl`` there is no exit at all.
+
+    Input: ``(profile key, record)`` pairs stamped with their snapshot time.
+
+    Args:
+        config: The activation config.
+        allow_mass_exit: Do not hold TTL exits at the mass-exit guard.
+        read_dead_letters: The read step's dead letters. Those of unknown profiles
+            make their snapshot incomplete: with ``absent_profile_ttl``, TTL exits of
+            profiles last seen at T are withheld when a snapshot in (T, T + TTL] is
+            incomplete.
+        landed_snapshots: The snapshot time (epoch ms) of every landed file. A TTL exit
+            at T + TTL is sent only once a snapshot at or after T + TTL has landed, so
+            a stop or a drain (the watermark jumps to the end of time) sends no exit
+            that no snapshot proved. ``None``: the watermark alone proves it (for
+            inputs whose watermark only advances as snapshots land).
+
+    Returns (from ``expand``):
+        A :class:`TransitionsResult` (``states`` and ``report_facts`` are ``None``).
+    """
+
+    def __init__(
+        self,
+        config: ActivationConfig,
+        *,
+        allow_mass_exit: bool = False,
+        read_dead_letters: beam.PCollection | None = None,
+        landed_snapshots: beam.PCollection | None = None,
+    ) -> None:
+        super().__init__()
+        self._config = config
+        self._allow_mass_exit = allow_mass_exit
+        self._read_dead_letters = read_dead_letters
+        self._landed_snapshots = landed_snapshots
+
+    def expand(self, records: beam.PCollection) -> TransitionsResult:
         config = self._config
         outputs = (
-            records
+            _in_global_window(records)
             # State is keyed by the encoded key: declare str so that the key coder is
             # the deterministic StrUtf8Coder on every runner.
             | "KeyType" >> beam.Map(_identity).with_output_types(tuple[str, Any])
@@ -222,7 +242,9 @@ class ComputeSegmentTransitions(beam.PTransform):
         if config.absent_profile_ttl_seconds is None:
             return TransitionsResult(outputs.transitions, outputs[DEAD])
         # The mass-exit guard (one key, small counts) and the exits it releases (keyed
-        # by last-seen snapshot and shard): see transforms.segments.hold.
+        # by last-seen snapshot and shard): see transforms.segments.hold. Their labels
+        # stay flat, as in earlier versions: they name stateful steps, and a savepoint
+        # or a Dataflow update maps state by those names.
         guard_inputs = [outputs[GUARD]]
         if self._landed_snapshots is not None:
             guard_inputs.append(
@@ -259,6 +281,13 @@ class ComputeSegmentTransitions(beam.PTransform):
         transitions = (outputs.transitions, held.released) | "MergeTransitions" >> beam.Flatten()
         dead_letters = (outputs[DEAD], held[DEAD]) | "MergeDeadLetters" >> beam.Flatten()
         return TransitionsResult(transitions, dead_letters)
+
+
+def _in_global_window(records: beam.PCollection) -> beam.PCollection:
+    if isinstance(records.windowing.windowfn, GlobalWindows):
+        return records
+    # Profile state must outlive any window: it spans the whole run.
+    return records | "GlobalWindow" >> beam.WindowInto(GlobalWindows())
 
 
 def _landed_message(snapshot_ms: int) -> tuple[str, tuple]:

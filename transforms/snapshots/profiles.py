@@ -30,9 +30,9 @@ from typing import Any
 from transforms.config import ActivationConfig
 from transforms.dead_letters import INVALID_RECORD, NO_PROFILE_KEY
 from transforms.errors import SegmentEventsError
+from transforms.events.statuses import STATUSES
 from transforms.events.timestamps import TimestampError, parse_timestamp
 
-STATUSES = frozenset(("realized", "existing", "exited"))
 _RESERVED = ("identityMap", "segmentMembership", "_deleted")
 
 

@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import fastavro
@@ -159,27 +159,36 @@ def _is_directory(path: str) -> bool:
     return "://" not in path and os.path.isdir(path)
 
 
-class ReadSnapshots(beam.PTransform):
-    """Reads snapshot files into ``(profile key, internal profile record)`` pairs.
+class SnapshotRecords(NamedTuple):
+    """What :class:`ReadSnapshots` returns.
 
-    The result is a dict of two PCollections: ``"records"`` and ``"dead_letters"``
-    (read-stage dicts of :func:`transforms.dead_letters.read_dead_letter`).
+    Attributes:
+        records: ``(profile key, internal profile record)`` pairs.
+        dead_letters: Read-stage dead letters (:func:`transforms.dead_letters.read_dead_letter`).
+    """
 
-    Args:
-        inputs: ``--input`` glob patterns.
-        config: The activation config (key rule, mapped segments and attributes).
-        baseline: ``--baseline`` glob patterns.
-        snapshot_time_field: Optional record field holding the snapshot time.
-        files: Already matched files (one run of a split backfill); replaces the
-            patterns, so that file names are never read as globs.
-        carried_states: A glob of the profile states carried from the previous run of a
-            split backfill (:mod:`transforms.segments.carried_state`). They come out among the
-            records, as ``(profile key, carried state record)``.
-        codec: Batch: encode each record for the transitions' GroupByKey right where it
-            is parsed (:class:`transforms.segments.codecs.ShuffleCodec`), in the step
-            that reads its file. ``"records"`` are then ``(profile key, bytes)``, and a
-            third output, ``"snapshots"``, gives ``(snapshot ms, baseline, records)``
-            per file and snapshot time, for ``ComputeSegmentTransitions``.
+    records: beam.PCollection
+    dead_letters: beam.PCollection
+
+
+class EncodedSnapshots(NamedTuple):
+    """What :class:`ReadEncodedSnapshots` returns.
+
+    Attributes:
+        records: ``(profile key, bytes)``: each record encoded for the transitions'
+            shuffle (:class:`transforms.segments.codecs.ShuffleCodec`).
+        dead_letters: Read-stage dead letters, as :class:`SnapshotRecords`'s.
+        snapshot_counts: ``(snapshot ms, baseline, records)`` per file and snapshot
+            time, for ``ComputeBatchTransitions(snapshot_counts=...)``.
+    """
+
+    records: beam.PCollection
+    dead_letters: beam.PCollection
+    snapshot_counts: beam.PCollection
+
+
+class _ReadSnapshotFiles(beam.PTransform):
+    """What both readers share: the run's files, listed and spread over the workers.
 
     Every file goes through one read branch (one list, one reshuffle, one read and one
     parse step), whatever its format: the local runner materialises every multi-input
@@ -195,11 +204,8 @@ class ReadSnapshots(beam.PTransform):
         snapshot_time_field: str | None = None,
         files: Sequence[SnapshotFile] | None = None,
         carried_states: str | None = None,
-        *,
-        codec: ShuffleCodec | None = None,
     ) -> None:
         super().__init__()
-        self._codec = codec
         self._inputs = list(inputs)
         self._baseline = list(baseline)
         self._config = config
@@ -207,38 +213,74 @@ class ReadSnapshots(beam.PTransform):
         self._files = None if files is None else list(files)
         self._carried_states = carried_states
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
-        if self._files is not None:
-            files = self._files
-        else:
+    def _spread_files(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        """The run's ``(path, format, baseline)`` triples (and carried-state files)."""
+        files = self._files
+        if files is None:
             files = run_files(self._inputs, self._baseline, self._field)
         listed = [(f.path, f.format, f.baseline) for f in files]
         if self._carried_states:
             listed += [(path, CARRIED_STATE_FORMAT, False) for path in _match(self._carried_states)]
-        spread = (
+        return (
             pbegin
             | "ListSnapshotFiles" >> beam.Create(listed)
             | "SpreadSnapshotFiles" >> beam.Reshuffle()
         )
-        if self._codec is not None:
-            # One step per file: read, parse and encode, without a record PCollection.
-            encoded = spread | "ReadSnapshotFiles" >> beam.ParDo(
-                _ReadEncodeFn(self._config, self._field, self._codec)
-            ).with_outputs(DEAD_LETTER_TAG, SNAPSHOTS_TAG, main="records")
-            return {
-                "records": encoded.records,
-                "dead_letters": encoded[DEAD_LETTER_TAG],
-                "snapshots": encoded[SNAPSHOTS_TAG],
-            }
+
+
+class ReadSnapshots(_ReadSnapshotFiles):
+    """Reads snapshot files into ``(profile key, internal profile record)`` pairs.
+
+    Args:
+        inputs: ``--input`` glob patterns.
+        config: The activation config (key rule, mapped segments and attributes).
+        baseline: ``--baseline`` glob patterns.
+        snapshot_time_field: Optional record field holding the snapshot time.
+        files: Already matched files (one run of a split backfill); replaces the
+            patterns, so that file names are never read as globs.
+        carried_states: A glob of the profile states carried from the previous run of a
+            split backfill (:mod:`transforms.segments.carried_state`). They come out among the
+            records, as ``(profile key, carried state record)``.
+
+    Returns (from ``expand``):
+        A :class:`SnapshotRecords`.
+    """
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> SnapshotRecords:
         parsed = (
-            spread
+            self._spread_files(pbegin)
             | "ReadSnapshotFiles" >> beam.ParDo(_ReadFileFn())
             | "ParseSnapshotRecords"
             >> beam.ParDo(_ParseRecordFn(None, False, self._config, self._field)).with_outputs(
                 DEAD_LETTER_TAG, main="records"
             )
         )
-        return {"records": parsed.records, "dead_letters": parsed[DEAD_LETTER_TAG]}
+        return SnapshotRecords(parsed.records, parsed[DEAD_LETTER_TAG])
+
+
+class ReadEncodedSnapshots(_ReadSnapshotFiles):
+    """:class:`ReadSnapshots` for the batch transitions: each record is encoded for
+    their GroupByKey right where it is parsed, in the step that reads its file, so no
+    PCollection of record dicts exists; the step also counts each file's records.
+
+    Args:
+        codec: How records cross the shuffle; give the same one to
+            ``ComputeBatchTransitions``.
+        Others: As :class:`ReadSnapshots`.
+
+    Returns (from ``expand``):
+        An :class:`EncodedSnapshots`.
+    """
+
+    def __init__(self, *args: Any, codec: ShuffleCodec, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._codec = codec
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> EncodedSnapshots:
+        encoded = self._spread_files(pbegin) | "ReadSnapshotFiles" >> beam.ParDo(
+            _ReadEncodeFn(self._config, self._field, self._codec)
+        ).with_outputs(DEAD_LETTER_TAG, SNAPSHOTS_TAG, main="records")
+        return EncodedSnapshots(encoded.records, encoded[DEAD_LETTER_TAG], encoded[SNAPSHOTS_TAG])
 
 
 def read_file_dofn(fmt: str | None = None) -> beam.DoFn:

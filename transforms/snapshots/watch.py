@@ -13,7 +13,7 @@ Timestamps and watermark::
     poll k+2: snapshot=T3/_SUCCESS exists -> emits its paths at T3; watermark T3 + 1002 ms
 
 Records read from a file keep their file's timestamp, the snapshot time T. The
-transitions step (``ComputeSegmentTransitions(streaming=True)``) applies a snapshot when
+transitions step (``ComputeStreamingTransitions``) applies a snapshot when
 the watermark passes T + 1 ms, so the watermark must follow *snapshot* times, not the
 clock: Beam's ``MatchContinuously`` stamps matches with the poll time and its watermark
 follows the clock, which would make every snapshot late (exports land after their T) and
@@ -49,6 +49,7 @@ Their public names are importable from here.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -86,6 +87,7 @@ __all__ = [
     "LandedSnapshotLister",
     "WatchLandedFiles",
     "WatchSnapshots",
+    "WatchedSnapshots",
     "direct_runner_overrides",
     "timestamp_of",
     "watermark_after",
@@ -94,13 +96,26 @@ __all__ = [
 _LANDED = Metrics.counter(METRICS_NAMESPACE, "snapshot_files_landed")
 
 
+class WatchedSnapshots(NamedTuple):
+    """What :class:`WatchSnapshots` returns.
+
+    Attributes:
+        records: ``(profile key, record)`` pairs stamped with their snapshot time.
+        dead_letters: Read-stage dead letters, as ``ReadSnapshots``'s.
+        landed: The snapshot time (epoch ms) of every landed file, for
+            ``ComputeStreamingTransitions(landed_snapshots=...)``.
+    """
+
+    records: beam.PCollection
+    dead_letters: beam.PCollection
+    landed: beam.PCollection
+
+
 class WatchSnapshots(beam.PTransform):
     """Streaming ``ReadSnapshots``: baseline once, then snapshots as they land.
 
-    The result is a dict like :class:`transforms.snapshots.read.ReadSnapshots`'s: ``"records"``,
-    ``(profile key, record)`` pairs stamped with their snapshot time, and
-    ``"dead_letters"``; plus ``"landed"``, the snapshot time (epoch ms) of every landed
-    file, for ``ComputeSegmentTransitions(landed_snapshots=...)``. Files are read and parsed by the same DoFns as in batch.
+    Files are read and parsed by the same DoFns as in batch. Returns (from
+    ``expand``) a :class:`WatchedSnapshots`.
 
     Args:
         inputs: ``--input`` glob patterns (may match nothing yet).
@@ -127,7 +142,7 @@ class WatchSnapshots(beam.PTransform):
         self._interval = interval_seconds
         self._max_watch = max_watch_seconds
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
+    def expand(self, pbegin: beam.pvalue.PBegin) -> WatchedSnapshots:
         # The baseline is read through the watch, not as a separate bounded read: its
         # records then carry their snapshot time from the watch on, and the watch's
         # watermark holds them like any landed snapshot. (A bounded branch re-stamped
@@ -162,14 +177,14 @@ class WatchSnapshots(beam.PTransform):
             )
             records.append(parsed.records)
             dead_letters.append(parsed[DEAD_LETTER_TAG])
-        return {
-            "records": records
+        return WatchedSnapshots(
+            records=records
             | "FlattenWatchedRecords" >> beam.Flatten()
             | "StampSnapshotTime" >> beam.Map(_stamp),
-            "dead_letters": dead_letters | "FlattenWatchDeadLetters" >> beam.Flatten(),
+            dead_letters=dead_letters | "FlattenWatchDeadLetters" >> beam.Flatten(),
             # The time of every landed snapshot file: what proves an absence in streaming.
-            "landed": paths | "LandedSnapshotTimes" >> beam.ParDo(_LandedTimeFn()),
-        }
+            landed=paths | "LandedSnapshotTimes" >> beam.ParDo(_LandedTimeFn()),
+        )
 
 
 class _LandedTimeFn(beam.DoFn):
