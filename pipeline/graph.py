@@ -166,18 +166,16 @@ def _read_and_replay(pipeline, settings: JobSettings, config: ActivationConfig) 
     if settings.batch_path == "columnar":
         reason = unsupported_reason(files, settings.snapshot_time_field)
         if reason is None:
-            result, read_dead_letters, snapshot_counts = (
-                pipeline
-                | "ComputeTransitions"
-                >> ComputeTransitionsColumnar(
-                    files,
-                    config,
-                    buckets=bucket_count(input_bytes(files)),
-                    carried_states=settings.seed_state_pattern,
-                    **batch,
-                )
+            columnar = pipeline | "ComputeTransitions" >> ComputeTransitionsColumnar(
+                files,
+                config,
+                buckets=bucket_count(input_bytes(files)),
+                carried_states=settings.seed_state_pattern,
+                **batch,
             )
-            return _Replayed(read_dead_letters, snapshot_counts, result)
+            return _Replayed(
+                columnar.read_dead_letters, columnar.snapshot_counts, columnar.result
+            )
         _LOGGER.info("The batch runs on the row path: %s", reason)
     # The read step encodes each record for the transitions' shuffle as it parses it,
     # with the run's files and mapped segments as small ints.

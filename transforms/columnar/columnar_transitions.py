@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -24,7 +25,7 @@ from apache_beam.pvalue import AsSingleton
 from transforms.columnar.bucket_replay import BucketGuardCountsFn, BucketTransitionsFn
 from transforms.columnar.read_batches import ReadBucketsFn
 from transforms.config import ActivationConfig
-from transforms.segments.batch_guards import guarded_replay
+from transforms.segments.batch_guards import TransitionsResult, guarded_replay
 from transforms.segments.carried_state import CARRIED_STATE_FORMAT
 from transforms.segments.codecs import ShuffleCodec
 from transforms.segments.guard import SnapshotCountsFn
@@ -69,6 +70,20 @@ def unsupported_reason(files: Sequence[SnapshotFile], snapshot_time_field: str |
     return None
 
 
+class ColumnarTransitionsResult(NamedTuple):
+    """What :class:`ComputeTransitionsColumnar` returns.
+
+    Attributes:
+        result: The transitions and what comes with them, as the row path's.
+        read_dead_letters: The read step's dead letters.
+        snapshot_counts: ``(snapshot ms, baseline, records)`` per file.
+    """
+
+    result: TransitionsResult
+    read_dead_letters: beam.PCollection
+    snapshot_counts: beam.PCollection
+
+
 class ComputeTransitionsColumnar(beam.PTransform):
     """Batch transitions from snapshot files, through Arrow buckets (see module doc).
 
@@ -78,10 +93,10 @@ class ComputeTransitionsColumnar(beam.PTransform):
         buckets: How many buckets profiles are hashed into.
         carried_states: A glob of the states carried from the previous run, or None.
         allow_mass_exit, carry_states, max_bad_records, report, dry_run: As for
-            :class:`transforms.segments.transitions.ComputeSegmentTransitions`.
+            :class:`transforms.segments.transitions.ComputeBatchTransitions`.
 
     Returns (from ``expand``):
-        ``(TransitionsResult, read dead letters, per-file snapshot counts)``.
+        A :class:`ColumnarTransitionsResult`.
     """
 
     def __init__(
@@ -108,7 +123,7 @@ class ComputeTransitionsColumnar(beam.PTransform):
         self._report = report
         self._dry_run = dry_run
 
-    def expand(self, pbegin):
+    def expand(self, pbegin: beam.pvalue.PBegin) -> ColumnarTransitionsResult:
         config = self._config
         codec = ShuffleCodec(config, [f.path for f in self._files])
         listed = [(f.path, f.format, f.baseline) for f in self._files]
@@ -144,4 +159,4 @@ class ComputeTransitionsColumnar(beam.PTransform):
             report=self._report,
             dry_run=self._dry_run,
         )
-        return result, read_dead_letters, snapshot_counts
+        return ColumnarTransitionsResult(result, read_dead_letters, snapshot_counts)

@@ -26,7 +26,6 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import progress
 from transforms.columnar.projection import IDENTITY_MAP, check_table, identity_keys, used_columns
 from transforms.config import ActivationConfig
 from transforms.segments.carried_state import CARRIED_STATE_FORMAT, carried_state_record
@@ -130,8 +129,7 @@ class ReadBucketsFn(_ParseRecordFn):
         payloads: list[bytes] = []
         rejected = np.nonzero(~valid)[0]
         # The row path's parsing counts the rows it parses itself.
-        self._read_in_bundle += rows - len(rejected)
-        progress.add("records_read", rows - len(rejected))
+        self._counts.add("records_read", rows - len(rejected))
         if len(rejected):
             for row, out in self._parse_rows(path, fmt, baseline, table, rejected):
                 if isinstance(out, beam.pvalue.TaggedOutput):

@@ -13,10 +13,10 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms import dead_letters, progress
+from transforms import dead_letters
 from transforms.config import ActivationConfig
 from transforms.events.timestamps import TimestampError, parse_timestamp
-from transforms.metrics import METRICS_NAMESPACE
+from transforms.metrics import METRICS_NAMESPACE, StepCounts
 from transforms.segments.carried_state import (
     CARRIED_STATE_FORMAT,
     carried_state_record,
@@ -59,20 +59,13 @@ class _ParseRecordFn(beam.DoFn):
         self._baseline_paths = baseline_paths
         self._config = config
         self._field = snapshot_time_field
-        self._records = Metrics.counter(METRICS_NAMESPACE, "records_read")
         self._dead = Metrics.counter(METRICS_NAMESPACE, "records_dead_lettered")
         self._kept = Metrics.counter(METRICS_NAMESPACE, "dead_letters_state_kept")
         self._path_times: dict[str, int | None] = {}
-        self._read_in_bundle = 0
-
-    def start_bundle(self) -> None:
-        self._read_in_bundle = 0
+        self._counts = StepCounts()
 
     def finish_bundle(self) -> None:
-        # One counter update per bundle, not per record (each costs about a microsecond).
-        if self._read_in_bundle:
-            self._records.inc(self._read_in_bundle)
-            self._read_in_bundle = 0
+        self._counts.flush()
 
     def process(self, element: tuple[Any, Any]):
         source, raw = element
@@ -88,8 +81,7 @@ class _ParseRecordFn(beam.DoFn):
         if fmt == CARRIED_STATE_FORMAT:
             yield carried_state_record(raw)
             return
-        self._read_in_bundle += 1
-        progress.add("records_read")
+        self._counts.add("records_read")
         record = None
         snapshot_ms = None
         try:
