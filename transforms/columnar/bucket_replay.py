@@ -26,6 +26,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import progress
 from transforms.columnar.projection import IDENTITY_MAP, SEGMENTS, used_columns
+from transforms.columnar.python_values import RowValues
 from transforms.columnar.read_batches import (
     BASELINE,
     FILE,
@@ -40,11 +41,12 @@ from transforms.config import ActivationConfig
 from transforms.segments.codecs import ShuffleCodec, presence_of
 from transforms.segments.memberships import mass_exit_counts
 from transforms.segments.transition_fns import BatchTransitionsFn
-from transforms.snapshots.arrow_values import converter
 from transforms.snapshots.profiles import to_profile_record
 
 # The projection columns compared between snapshots (besides the attribute roots).
 _COMPARED = (IDENTITY_MAP, "mapped_segments", "deleted")
+# The fields of a mapped segment entry (projection.MAPPED_TYPE), in the order read.
+_SEGMENT_FIELDS = ("namespace", "segment", "status", "qualified")
 
 
 def bucket_table(values: Sequence[bytes]) -> pa.Table:
@@ -93,41 +95,54 @@ def steady_rows(table: pa.Table, compared: Sequence[str]) -> np.ndarray:
 
 
 class _Materialiser:
-    """Turns bulk rows into internal records with the row path's ``to_profile_record``."""
+    """Turns bulk rows into internal records with the row path's ``to_profile_record``.
+
+    Only the leaves of the chosen rows become Python values up front; each row's raw
+    record is assembled when it is replayed (:mod:`.python_values`), so the garbage
+    collector never walks a whole bucket of nested dicts.
+    """
 
     def __init__(self, table: pa.Table, rows: np.ndarray, config: ActivationConfig) -> None:
         self._config = config
-        self._roots = used_columns(config)[3:]
-        picked = table.take(pa.array(rows, type=pa.int64()))
-        self._index = {int(r): i for i, r in enumerate(rows)}
-        self._identities = picked.column(IDENTITY_MAP).to_pylist()
-        self._identity = converter(picked.column(IDENTITY_MAP).type)
-        self._segments = picked.column("mapped_segments").to_pylist()
+        roots = used_columns(config)[3:]
+        picked = table.select([IDENTITY_MAP, "mapped_segments", "deleted", *roots]).take(
+            pa.array(rows, type=pa.int64())
+        )
+        self._index = {r: i for i, r in enumerate(rows.tolist())}
+        self._identities = RowValues(picked.column(IDENTITY_MAP))
+        # The mapped segments are a list of flat structs (projection.MAPPED_TYPE): their
+        # four fields as flat lists, and each row's entries through the offsets.
+        segments = picked.column("mapped_segments").combine_chunks()
+        offsets = segments.offsets.to_numpy()
+        first, last = int(offsets[0]), int(offsets[-1])
+        self._offsets = (offsets - first).tolist()
+        entries = segments.values.slice(first, last - first)
+        self._entries = [entries.field(name).to_pylist() for name in _SEGMENT_FIELDS]
         self._deleted = picked.column("deleted").to_pylist()
-        self._root_values = [
-            (root, converter(picked.column(root).type), picked.column(root).to_pylist())
-            for root in self._roots
-        ]
+        self._roots = [(root, RowValues(picked.column(root))) for root in roots]
 
-    def record(self, row: int, snapshot_ms: int, file: str, baseline: bool) -> tuple[str, dict]:
+    def raw(self, row: int) -> dict[str, Any]:
+        """The raw record of a bulk row, as the row path would have read it."""
         i = self._index[row]
         segments: dict[str, dict[str, dict]] = {}
-        for entry in self._segments[i]:
-            by_id = segments.get(entry["namespace"])
+        namespaces, ids, statuses, times = self._entries
+        for j in range(self._offsets[i], self._offsets[i + 1]):
+            by_id = segments.get(namespaces[j])
             if by_id is None:
-                by_id = segments[entry["namespace"]] = {}
-            by_id[entry["segment"]] = {
-                "status": entry["status"],
-                "lastQualificationTime": entry["qualified"],
-            }
+                by_id = segments[namespaces[j]] = {}
+            by_id[ids[j]] = {"status": statuses[j], "lastQualificationTime": times[j]}
         raw: dict[str, Any] = {
-            IDENTITY_MAP: self._identity(self._identities[i]),
+            IDENTITY_MAP: self._identities[i],
             SEGMENTS: segments,
             "_deleted": bool(self._deleted[i]),
         }
-        for root, convert, values in self._root_values:
-            raw[root] = convert(values[i])
-        return to_profile_record(raw, self._config, snapshot_ms, file, baseline)
+        for root, values in self._roots:
+            raw[root] = values[i]
+        return raw
+
+    def record(self, row: int, snapshot_ms: int, file: str, baseline: bool) -> tuple[str, dict]:
+        """``(key, internal record)`` of a bulk row, by the row path's ``to_profile_record``."""
+        return to_profile_record(self.raw(row), self._config, snapshot_ms, file, baseline)
 
 
 def histories(
