@@ -45,21 +45,26 @@ from transforms.snapshots.profiles import to_profile_record
 
 # The projection columns compared between snapshots (besides the attribute roots).
 _COMPARED = (IDENTITY_MAP, "mapped_segments", "deleted")
+# A bucket's sort order (see bucket_table).
+_ORDER = (KEY, SNAPSHOT, FILE, ROW)
+# What the mass-exit guard reads of a bucket (see presences).
+_PRESENCE = (KEY, SNAPSHOT, "deleted", PAYLOAD)
 # The fields of a mapped segment entry (projection.MAPPED_TYPE), in the order read.
 _SEGMENT_FIELDS = ("namespace", "segment", "status", "qualified")
 
 
-def bucket_table(values: Sequence[bytes]) -> pa.Table:
+def bucket_table(values: Sequence[bytes], columns: Sequence[str] | None = None) -> pa.Table:
     """Every file's rows of one bucket, ordered by profile key, snapshot, file and row:
-    the same order on every runner."""
-    tables = [from_ipc(v) for v in values]
+    the same order on every runner. ``columns``: only these are decoded (all: None)."""
+    if columns is not None:
+        columns = list(dict.fromkeys([*_ORDER, *columns]))
+    tables = [from_ipc(v, columns) for v in values]
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-    table = table.combine_chunks()
+    del tables
     order = pc.sort_indices(
-        table,
-        sort_keys=[(KEY, "ascending"), (SNAPSHOT, "ascending"), (FILE, "ascending"),
-                   (ROW, "ascending")],
+        table.select(list(_ORDER)), sort_keys=[(name, "ascending") for name in _ORDER]
     )
+    # One copy, taken from the chunks as they are (combining them first was another).
     return table.take(order).combine_chunks()
 
 
@@ -224,7 +229,7 @@ class BucketGuardCountsFn(beam.DoFn):
 
     def process(self, element, snapshots):
         times = sorted(snapshots)
-        for _, presence, live_before in presences(bucket_table(element[1])):
+        for _, presence, live_before in presences(bucket_table(element[1], _PRESENCE)):
             progress.add("profiles_total")
             mass_exit_counts(presence, times, snapshots, self._counts, live_before)
 

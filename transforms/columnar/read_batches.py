@@ -279,6 +279,16 @@ def to_ipc(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def from_ipc(data: bytes) -> pa.Table:
-    """The table of :func:`to_ipc`."""
-    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+def from_ipc(data: bytes, columns: Sequence[str] | None = None) -> pa.Table:
+    """The table of :func:`to_ipc`, or only its ``columns`` (those it has).
+
+    Columns left out are not decompressed nor decoded at all.
+    """
+    buffer = pa.py_buffer(data)
+    if columns is None:
+        return pa.ipc.open_stream(buffer).read_all()
+    # The stream's schema comes first; the batches are only read by read_all.
+    names = pa.ipc.open_stream(buffer).schema.names
+    wanted = [names.index(name) for name in columns if name in names]
+    options = pa.ipc.IpcReadOptions(included_fields=wanted)
+    return pa.ipc.open_stream(buffer, options=options).read_all()
