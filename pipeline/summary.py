@@ -68,6 +68,7 @@ _LABELS = {
     "profiles_deleted": "profiles deleted (tombstones)",
     "profiles_kept_on_bad_record": "profiles kept on a bad record",
     "records_skipped_steady": "records equal to the day before (not parsed)",
+    "records_skipped_quiet": "records of profiles unchanged since the baseline (not parsed)",
     "reread_records_ignored": "re-read records ignored",
     "snapshot_files_landed": "snapshot files landed",
     "trigger_events": "events from attribute or identity changes",

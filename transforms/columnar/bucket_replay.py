@@ -14,7 +14,7 @@ the only definition of a transition.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -27,6 +27,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms import progress
 from transforms.columnar.projection import IDENTITY_MAP, SEGMENTS, used_columns
 from transforms.columnar.python_values import RowValues
+from transforms.columnar.quiet_profiles import quiet_rows
 from transforms.columnar.read_batches import (
     BASELINE,
     FILE,
@@ -151,13 +152,40 @@ class _Materialiser:
 
 
 def histories(
-    table: pa.Table, config: ActivationConfig, codec: ShuffleCodec
-) -> Iterator[tuple[str, Any, list[dict], int]]:
-    """``(key, carried state, records, steady rows)`` of each profile of a sorted bucket."""
+    table: pa.Table,
+    config: ActivationConfig,
+    codec: ShuffleCodec,
+    quiet_in: Mapping[int, bool] | None = None,
+) -> Iterator[tuple[str, Any, list[dict] | None, int]]:
+    """``(key, carried state, records, steady rows)`` of each profile of a sorted bucket.
+
+    With ``quiet_in`` (the run's snapshot times and whether each is a baseline), a
+    quiet profile (:mod:`.quiet_profiles`) comes as ``(key, None, None, its rows)``:
+    none of its rows becomes a Python value.
+    """
     compared = list(_COMPARED) + used_columns(config)[3:]
     steady = steady_rows(table, compared)
     bulk = table.column(PAYLOAD).is_null().to_numpy(zero_copy_only=False)
-    materialiser = _Materialiser(table, np.nonzero(bulk & ~steady)[0], config)
+    quiet = np.zeros(len(bulk), dtype=bool)
+    if quiet_in is not None and len(bulk):
+        keys_array = table.column(KEY)
+        new_profile = np.ones(len(bulk), dtype=bool)
+        new_profile[1:] = ~pc.equal(
+            keys_array.slice(1), keys_array.slice(0, len(bulk) - 1)
+        ).to_numpy(zero_copy_only=False)
+        quiet = quiet_rows(
+            new_profile,
+            table.column(SNAPSHOT).to_numpy(),
+            table.column(BASELINE).to_numpy(zero_copy_only=False).astype(bool),
+            bulk,
+            steady,
+            pc.fill_null(table.column("deleted"), False)
+            .to_numpy(zero_copy_only=False)
+            .astype(bool),
+            quiet_in,
+            quiet_in,
+        )
+    materialiser = _Materialiser(table, np.nonzero(bulk & ~steady & ~quiet)[0], config)
     keys = table.column(KEY).to_pylist()
     snapshots = table.column(SNAPSHOT).to_pylist()
     files = table.column(FILE).to_pylist()
@@ -167,6 +195,13 @@ def histories(
     start = 0
     while start < n:
         key = keys[start]
+        if quiet[start]:
+            end = start + 1
+            while end < n and keys[end] == key:
+                end += 1
+            yield key, None, None, end - start
+            start = end
+            continue
         end = start
         initial = None
         records: list[dict] = []
@@ -244,6 +279,14 @@ class BucketTransitionsFn(BatchTransitionsFn):
     def process(self, element, snapshots, verdict, incomplete):
         del verdict  # only read so that the replay waits for the mass-exit guard
         table = bucket_table(element[1])
-        for key, initial, records, skipped in histories(table, self._config, self._codec):
+        # A report counts members per snapshot and carried states need final states:
+        # both need every profile replayed.
+        quiet_in = None if self._report or self._carry_states else snapshots
+        for key, initial, records, skipped in histories(table, self._config, self._codec, quiet_in):
+            if records is None:
+                # Replaying it would give nothing and move no counter but this one.
+                self._counts.add("profiles_processed")
+                self._tally.counters["records_skipped_quiet"] += skipped
+                continue
             self._tally.counters["records_skipped_steady"] += skipped
             yield from self.replay_profile(key, initial, records, snapshots, incomplete)
